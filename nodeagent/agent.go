@@ -1,0 +1,452 @@
+// Package nodeagent is the handoff node agent: the one privileged piece.
+// It serves the unix socket applications join, learns who each peer is
+// from the kernel, and runs each migration as a transaction between a
+// source and a target process (or its own fd store, for in-place
+// restarts). This package holds the standalone agent; the Kubernetes
+// reconciler drives the same engine.
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/wire"
+)
+
+// Defaults for Config.
+const (
+	DefaultSocket         = "/run/handoff/agent.sock"
+	DefaultSocketMode     = 0o660
+	DefaultDirMode        = 0o750
+	DefaultHelloTimeout   = 5 * time.Second
+	DefaultMigrateTimeout = 60 * time.Second
+	DefaultStoreHold      = 60 * time.Second
+)
+
+// Config configures an Agent. Zero fields take the defaults above.
+type Config struct {
+	// Socket is the path of the unix socket applications join.
+	Socket string
+	// SocketMode and DirMode are the permissions of the socket and of the
+	// directory created for it.
+	SocketMode, DirMode os.FileMode
+	// HelloTimeout closes peers that connect and say nothing.
+	HelloTimeout time.Duration
+	// MigrateTimeout is a migration's deadline when the request sets none.
+	MigrateTimeout time.Duration
+	// StoreHold is how long stored descriptors wait for a claimant.
+	StoreHold time.Duration
+	// Log receives structured logs.
+	Log logr.Logger
+	// Metrics receives counters; nil creates a private registry.
+	Metrics *Metrics
+	// OnResult, if set, is called with the outcome of every transaction,
+	// including deliveries from the store that no request waits for.
+	OnResult func(admin.Result)
+	// OnJoin, if set, is called when an application session has joined.
+	OnJoin func(admin.Session)
+}
+
+// Agent serves the agent socket.
+type Agent struct {
+	cfg Config
+	log logr.Logger
+	m   *Metrics
+	ln  *net.UnixListener
+
+	mu       sync.Mutex
+	sessions map[uint64]*session
+	store    map[storeKey]*stored
+	nextID   uint64
+	nextTx   uint64
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// New prepares an agent; Serve starts it.
+func New(cfg Config) *Agent {
+	if cfg.Socket == "" {
+		cfg.Socket = DefaultSocket
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.DirMode == 0 {
+		cfg.DirMode = DefaultDirMode
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.MigrateTimeout <= 0 {
+		cfg.MigrateTimeout = DefaultMigrateTimeout
+	}
+	if cfg.StoreHold <= 0 {
+		cfg.StoreHold = DefaultStoreHold
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	return &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, store: map[storeKey]*stored{}}
+}
+
+// Listen creates the socket directory and socket with explicit modes. A
+// stale socket file left by a dead agent is replaced; a live one is not.
+func (a *Agent) Listen() error {
+	dir := filepath.Dir(a.cfg.Socket)
+	if err := os.MkdirAll(dir, a.cfg.DirMode); err != nil {
+		return fmt.Errorf("create socket directory %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, a.cfg.DirMode); err != nil {
+		return fmt.Errorf("set mode of socket directory %s: %w", dir, err)
+	}
+	if _, err := os.Lstat(a.cfg.Socket); err == nil {
+		if c, err := net.Dial("unixpacket", a.cfg.Socket); err == nil {
+			c.Close()
+			return fmt.Errorf("listen on %s: another agent is serving it", a.cfg.Socket)
+		}
+		if err := os.Remove(a.cfg.Socket); err != nil {
+			return fmt.Errorf("remove stale socket %s: %w", a.cfg.Socket, err)
+		}
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.cfg.Socket, Net: "unixpacket"})
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+	if err := os.Chmod(a.cfg.Socket, a.cfg.SocketMode); err != nil {
+		ln.Close()
+		return fmt.Errorf("set mode of socket %s: %w", a.cfg.Socket, err)
+	}
+	a.ln = ln
+	a.log.Info("agent listening", "socket", a.cfg.Socket, "mode", fmt.Sprintf("%#o", a.cfg.SocketMode))
+	return nil
+}
+
+// Serve accepts sessions until ctx ends, then closes every session and
+// every stored descriptor. It calls Listen if that was not done.
+func (a *Agent) Serve(ctx context.Context) error {
+	if a.ln == nil {
+		if err := a.Listen(); err != nil {
+			return err
+		}
+	}
+	stop := context.AfterFunc(ctx, func() { a.ln.Close() })
+	defer stop()
+	for {
+		uc, err := a.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				a.shutdown()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// EMFILE and friends: log, back off briefly, keep serving.
+			a.log.Error(err, "accept failed")
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.serveSession(uc)
+		}()
+	}
+}
+
+func (a *Agent) shutdown() {
+	a.mu.Lock()
+	a.closed = true
+	ss := make([]*session, 0, len(a.sessions))
+	for _, s := range a.sessions {
+		ss = append(ss, s)
+	}
+	st := a.store
+	a.store = map[storeKey]*stored{}
+	a.mu.Unlock()
+	for _, s := range ss {
+		s.conn.Close()
+	}
+	for _, e := range st {
+		e.discard(a, "agent shutting down")
+	}
+	os.Remove(a.cfg.Socket)
+	a.wg.Wait()
+}
+
+// session is one peer on the agent socket.
+type session struct {
+	id      uint64
+	conn    *wire.Conn
+	peer    Peer
+	name    string
+	role    wire.Role
+	standby bool
+	since   time.Time
+
+	mu    sync.Mutex
+	tx    *txn // the transaction this session takes part in
+	state string
+}
+
+func (s *session) String() string {
+	return fmt.Sprintf("session %d (%s, pid %d)", s.id, s.name, s.peer.PID)
+}
+
+func (s *session) send(t wire.Type, txid uint64, body []byte, fds []int) error {
+	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, TxID: txid}, Body: body, FDs: fds})
+}
+
+func (s *session) sendError(code uint32, reason string) {
+	_ = s.send(wire.TypeError, 0, wire.Failure{Code: code, Reason: reason}.Marshal(), nil)
+}
+
+func (a *Agent) serveSession(uc *net.UnixConn) {
+	peer, err := PeerOf(uc)
+	c := wire.NewConn(uc)
+	defer c.Close()
+	if err != nil {
+		a.log.Error(err, "refusing a peer whose identity the kernel did not give")
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeRefused, Reason: err.Error()}.Marshal()})
+		return
+	}
+	defer peer.Close()
+	log := a.log.WithValues("pid", peer.PID, "uid", peer.UID)
+	c.SetReadDeadline(time.Now().Add(a.cfg.HelloTimeout))
+	m, err := c.Recv()
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		log.Info("peer closed before hello", "reason", err.Error())
+		a.m.badPeers.Inc()
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeMalformed, Reason: "expected hello: " + err.Error()}.Marshal()})
+		return
+	}
+	m.CloseFDs()
+	var h wire.Hello
+	if m.Type != wire.TypeHello || h.Unmarshal(m.Body) != nil {
+		log.Info("peer did not open with hello", "type", m.Type.String())
+		a.m.badPeers.Inc()
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeMalformed, Reason: "the first message must be a valid hello, got " + m.Type.String()}.Marshal()})
+		return
+	}
+	v, err := wire.Negotiate(h.MinVersion, h.MaxVersion)
+	if err != nil {
+		log.Info("no common protocol version", "peerMin", h.MinVersion, "peerMax", h.MaxVersion)
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeVersion, Reason: err.Error()}.Marshal()})
+		return
+	}
+	c.SetVersion(v)
+	s := &session{conn: c, peer: peer, name: h.Name, role: h.Role, standby: h.Flags&wire.HelloStandby != 0, since: time.Now(), state: "active"}
+	if s.standby {
+		s.state = "standby"
+	}
+	switch h.Role {
+	case wire.RoleAdmin:
+		if peer.UID != 0 && peer.UID != uint32(os.Getuid()) {
+			log.Info("refused an administrator session", "reason", "not root and not the agent's user")
+			_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeRefused, Reason: fmt.Sprintf("uid %d may not administer this agent (root or uid %d only)", peer.UID, os.Getuid())}.Marshal()})
+			return
+		}
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeWelcome}, Body: wire.Welcome{Version: uint16(v), PID: uint32(peer.PID)}.Marshal()})
+		a.serveAdmin(s)
+		return
+	case wire.RoleApp:
+	default:
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeMalformed, Reason: fmt.Sprintf("unknown role %d", h.Role)}.Marshal()})
+		return
+	}
+
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.nextID++
+	s.id = a.nextID
+	a.sessions[s.id] = s
+	claim := a.claimStored(s)
+	a.mu.Unlock()
+	a.m.sessions.Inc()
+	log = log.WithValues("session", s.id, "name", s.name)
+	defer func() {
+		a.mu.Lock()
+		delete(a.sessions, s.id)
+		a.mu.Unlock()
+		a.m.sessions.Dec()
+	}()
+
+	w := wire.Welcome{Version: uint16(v), SessionID: s.id, PID: uint32(peer.PID)}
+	if claim != nil {
+		w.Flags |= wire.WelcomePending
+	}
+	if err := s.send(wire.TypeWelcome, 0, w.Marshal(), nil); err != nil {
+		if claim != nil {
+			a.release(claim)
+		}
+		log.Info("peer left before welcome", "reason", err.Error())
+		return
+	}
+	log.Info("session joined", "standby", s.standby, "pendingFromStore", claim != nil)
+	if a.cfg.OnJoin != nil {
+		a.cfg.OnJoin(admin.Session{ID: s.id, Name: s.name, PID: peer.PID, UID: peer.UID, GID: peer.GID, State: s.state, Standby: s.standby, Since: s.since})
+	}
+	if claim != nil {
+		a.startDelivery(s, claim)
+	}
+	a.readSession(s, log)
+}
+
+// readSession reads a session's messages until it ends, handing those of
+// a transaction to it.
+func (a *Agent) readSession(s *session, log logr.Logger) {
+	for {
+		m, err := s.conn.Recv()
+		s.mu.Lock()
+		tx := s.tx
+		s.mu.Unlock()
+		if err != nil {
+			if tx != nil {
+				tx.deliver(event{from: s, err: err})
+			}
+			if errors.Is(err, wire.ErrClosed) {
+				log.Info("session left")
+			} else if errors.Is(err, net.ErrClosed) {
+				log.Info("session closed by the agent")
+			} else {
+				log.Info("closing session after a bad message", "reason", err.Error())
+				a.m.badPeers.Inc()
+				s.sendError(wire.CodeMalformed, err.Error())
+			}
+			return
+		}
+		if tx != nil && m.TxID == tx.id {
+			tx.deliver(event{from: s, msg: m})
+			continue
+		}
+		m.CloseFDs()
+		switch {
+		case m.Type == wire.TypeAbort || m.Type == wire.TypeCommitted || m.Type == wire.TypeServing:
+			// Late word about a transaction that already ended.
+		case tx != nil || m.TxID != 0:
+			log.Info("refused a message for a transaction this session is not in", "type", m.Type.String(), "txid", m.TxID)
+			a.m.badPeers.Inc()
+			s.sendError(wire.CodeRefused, fmt.Sprintf("transaction %d is not this session's", m.TxID))
+		default:
+			log.Info("refused an unexpected message", "type", m.Type.String())
+			a.m.badPeers.Inc()
+			s.sendError(wire.CodeUnexpected, fmt.Sprintf("%v is not expected outside a transaction", m.Type))
+		}
+	}
+}
+
+// serveAdmin answers an administrator's JSON requests.
+func (a *Agent) serveAdmin(s *session) {
+	for {
+		m, err := s.conn.Recv()
+		if err != nil {
+			return
+		}
+		m.CloseFDs()
+		if m.Type != wire.TypeRequest {
+			s.sendError(wire.CodeUnexpected, fmt.Sprintf("administrators send requests, not %v", m.Type))
+			continue
+		}
+		var req admin.Request
+		var resp admin.Response
+		if err := json.Unmarshal(m.Body, &req); err != nil {
+			resp.Error = fmt.Sprintf("decode request: %v", err)
+		} else {
+			resp = a.handle(s, req)
+		}
+		body, _ := json.Marshal(resp)
+		if len(body) > wire.MaxBody {
+			body, _ = json.Marshal(admin.Response{Error: fmt.Sprintf("answer of %d bytes exceeds the protocol's %d", len(body), wire.MaxBody)})
+		}
+		if err := s.send(wire.TypeResponse, 0, body, nil); err != nil {
+			return
+		}
+	}
+}
+
+func (a *Agent) handle(s *session, req admin.Request) admin.Response {
+	switch req.Op {
+	case admin.OpSessions:
+		return a.listSessions()
+	case admin.OpMigrate, admin.OpStore:
+		what, err := parseWhat(req.What)
+		if err != nil {
+			return admin.Response{Error: err.Error()}
+		}
+		timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+		if timeout <= 0 {
+			timeout = a.cfg.MigrateTimeout
+		}
+		progress := func(phase, msg string) {
+			b, _ := json.Marshal(admin.Progress{Phase: phase, Message: msg})
+			_ = s.send(wire.TypeProgress, 0, b, nil)
+		}
+		var res admin.Result
+		if req.Op == admin.OpStore {
+			hold := time.Duration(req.HoldMS) * time.Millisecond
+			res, err = a.StoreFrom(req.From, what, timeout, hold, progress)
+		} else {
+			res, err = a.Migrate(req.From, req.To, what, timeout, progress)
+		}
+		if err != nil {
+			return admin.Response{Error: err.Error()}
+		}
+		return admin.Response{Result: &res}
+	}
+	return admin.Response{Error: fmt.Sprintf("unknown operation %q (known: %s, %s, %s)", req.Op, admin.OpSessions, admin.OpMigrate, admin.OpStore)}
+}
+
+func parseWhat(w []string) (uint32, error) {
+	if len(w) == 0 {
+		return wire.MoveAll, nil
+	}
+	var what uint32
+	for _, x := range w {
+		switch x {
+		case "listeners":
+			what |= wire.MoveListeners
+		case "connections":
+			what |= wire.MoveConns
+		case "packets":
+			what |= wire.MovePackets
+		default:
+			return 0, fmt.Errorf("unknown kind to move %q (known: listeners, connections, packets)", x)
+		}
+	}
+	return what, nil
+}
+
+func (a *Agent) listSessions() admin.Response {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var r admin.Response
+	for _, s := range a.sessions {
+		s.mu.Lock()
+		r.Sessions = append(r.Sessions, admin.Session{ID: s.id, Name: s.name, PID: s.peer.PID, UID: s.peer.UID, GID: s.peer.GID, State: s.state, Standby: s.standby, Since: s.since})
+		s.mu.Unlock()
+	}
+	sort.Slice(r.Sessions, func(i, j int) bool { return r.Sessions[i].ID < r.Sessions[j].ID })
+	for k, e := range a.store {
+		r.Stored = append(r.Stored, admin.Stored{Name: k.name, UID: k.uid, Listeners: int(e.sum.Listeners), Connections: int(e.sum.Conns), Packets: int(e.sum.Packets), Expires: e.expires})
+	}
+	return r
+}
+
+// Sessions lists the current application sessions.
+func (a *Agent) Sessions() []admin.Session { return a.listSessions().Sessions }

@@ -1,0 +1,399 @@
+package nodeagent
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/wire"
+)
+
+// storeKey says who may claim stored descriptors: a process with the same
+// name and, as the kernel reports it, the same uid as the one that left
+// them.
+type storeKey struct {
+	name string
+	uid  uint32
+}
+
+// stored is the agent's fd store entry for one restarting process: the
+// batches exactly as the source sent them, descriptors included.
+type stored struct {
+	key     storeKey
+	batches []wire.Msg
+	sum     wire.Summary
+	expires time.Time
+	timer   *time.Timer
+	claimed bool
+	gone    bool
+}
+
+func (e *stored) fds() int {
+	n := 0
+	for _, b := range e.batches {
+		n += len(b.FDs)
+	}
+	return n
+}
+
+// discard closes every stored descriptor. Connections among them are
+// closed for good: that is why it is logged loudly.
+func (e *stored) discard(a *Agent, why string) {
+	if e.gone {
+		return
+	}
+	e.gone = true
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	n := e.fds()
+	for i := range e.batches {
+		e.batches[i].CloseFDs()
+	}
+	a.m.storedFDs.Sub(float64(n))
+	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
+		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
+}
+
+// claimStored reserves the store entry s may claim. Called with a.mu held.
+func (a *Agent) claimStored(s *session) *stored {
+	e := a.store[storeKey{s.name, s.peer.UID}]
+	if e == nil || e.claimed {
+		return nil
+	}
+	e.claimed = true
+	return e
+}
+
+// release gives a claimed entry back after a failed delivery; an entry
+// whose hold expired meanwhile is discarded.
+func (a *Agent) release(e *stored) {
+	a.mu.Lock()
+	e.claimed = false
+	expired := !time.Now().Before(e.expires)
+	if expired {
+		delete(a.store, e.key)
+	}
+	a.mu.Unlock()
+	if expired {
+		e.discard(a, "hold expired during a failed delivery")
+	}
+}
+
+// StoreFrom moves session from's sockets into the agent's fd store, where
+// the next process with the same name and uid claims them, for up to hold.
+func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration, progress func(phase, msg string)) (admin.Result, error) {
+	if progress == nil {
+		progress = func(string, string) {}
+	}
+	if hold <= 0 {
+		hold = a.cfg.StoreHold
+	}
+	a.mu.Lock()
+	src := a.sessions[from]
+	if src == nil {
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("source session %d: %w", from, ErrNoSession)
+	}
+	key := storeKey{src.name, src.peer.UID}
+	if _, ok := a.store[key]; ok {
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("descriptors are already stored for name %q uid %d: %w", key.name, key.uid, ErrBusy)
+	}
+	t := a.newTxn()
+	if err := attach(t, src); err != nil {
+		a.mu.Unlock()
+		return admin.Result{}, err
+	}
+	a.mu.Unlock()
+	defer t.finish(src)
+	t.log = t.log.WithValues("source", src.id, "target", "store")
+	res, e := t.collect(src, what, timeout, progress)
+	a.record(t.log, res)
+	if e == nil {
+		return res, nil
+	}
+	e.expires = time.Now().Add(hold)
+	a.mu.Lock()
+	a.store[key] = e
+	a.m.storedFDs.Add(float64(e.fds()))
+	e.timer = time.AfterFunc(hold, func() {
+		a.mu.Lock()
+		cur := a.store[key]
+		drop := cur == e && !e.claimed
+		if drop {
+			delete(a.store, key)
+		}
+		a.mu.Unlock()
+		if drop {
+			e.discard(a, fmt.Sprintf("no process named %q with uid %d claimed them within %v", key.name, key.uid, hold))
+		}
+	})
+	// A matching process already waiting in standby gets them at once.
+	var waiting *session
+	for _, s := range a.sessions {
+		s.mu.Lock()
+		ok := s.standby && s.tx == nil && s.name == key.name && s.peer.UID == key.uid
+		s.mu.Unlock()
+		if ok && (waiting == nil || s.id < waiting.id) {
+			waiting = s
+		}
+	}
+	if waiting != nil {
+		e.claimed = true
+	}
+	a.mu.Unlock()
+	t.log.Info("descriptors stored", "name", key.name, "uid", key.uid, "hold", hold.String())
+	if waiting != nil {
+		a.startDelivery(waiting, e)
+	}
+	return res, nil
+}
+
+// collect runs a source → store transaction; the agent plays the target
+// on the pair.
+func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string)) (admin.Result, *stored) {
+	start := time.Now()
+	res := admin.Result{TxID: t.id, From: src.id}
+	e := &stored{key: storeKey{src.name, src.peer.UID}}
+	fail := func(f *wire.Failure) (admin.Result, *stored) {
+		for i := range e.batches {
+			e.batches[i].CloseFDs()
+		}
+		setState(src, "active")
+		return t.result(res, start, f, nil, 0, 0), nil
+	}
+	pa, pb, err := wire.Pair()
+	if err != nil {
+		return fail(failure(wire.CodeInternal, "%v", err))
+	}
+	pair, err := wire.FromFD(pb, "handoff-pair")
+	if err != nil {
+		wire.CloseAll([]int{pa})
+		return fail(failure(wire.CodeInternal, "%v", err))
+	}
+	defer pair.Close()
+	tms := uint32(timeout / time.Millisecond)
+	setState(src, "storing")
+	progress("Preparing", fmt.Sprintf("asking %v to freeze and export to the agent's store", src))
+	err = src.send(wire.TypePrepare, t.id, wire.Prepare{What: what, TimeoutMS: tms}.Marshal(), []int{pa})
+	wire.CloseAll([]int{pa})
+	if err != nil {
+		return fail(failure(wire.CodeSourceLost, "send prepare to %v: %v", src, err))
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	var rc relayCounter
+	var pairWord chan error
+	abort := func(f *wire.Failure) (admin.Result, *stored) {
+		_ = src.send(wire.TypeAbort, t.id, f.Marshal(), nil)
+		return fail(f)
+	}
+	for {
+		select {
+		case ev := <-t.events:
+			if ev.err != nil {
+				if pairWord != nil {
+					continue // exported: the pair tells the outcome
+				}
+				return fail(failure(wire.CodeSourceLost, "source %v went away before exporting everything: %v", src, ev.err))
+			}
+			m := ev.msg
+			switch m.Type {
+			case wire.TypeBatch:
+				if err := rc.check(m); err != nil || pairWord != nil {
+					m.CloseFDs()
+					return abort(failure(wire.CodeMalformed, "source sent a bad batch: %v", err))
+				}
+				e.batches = append(e.batches, m)
+				t.a.m.fdsMoved.Add(float64(len(m.FDs)))
+			case wire.TypeExported:
+				if err := e.sum.Unmarshal(m.Body); err != nil {
+					return abort(failure(wire.CodeMalformed, "bad exported: %v", err))
+				}
+				if err := rc.matches(e.sum); err != nil {
+					return abort(failure(wire.CodeMalformed, "bad exported: %v", err))
+				}
+				if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: t.id}, Body: e.sum.Marshal()}); err != nil {
+					return abort(failure(wire.CodeSourceLost, "tell the source the store is ready: %v", err))
+				}
+				pairWord = make(chan error, 1)
+				go func() {
+					m, err := pair.Recv()
+					if err == nil {
+						m.CloseFDs()
+						switch m.Type {
+						case wire.TypeCommit:
+						case wire.TypeAbort:
+							var f wire.Failure
+							_ = f.Unmarshal(m.Body)
+							err = f
+						default:
+							err = fmt.Errorf("%v on the pair", m.Type)
+						}
+					} else if errors.Is(err, wire.ErrClosed) {
+						err = nil // exported, then exited: ours are the only copies
+					}
+					pairWord <- err
+				}()
+			case wire.TypeAbort:
+				m.CloseFDs()
+				var f wire.Failure
+				_ = f.Unmarshal(m.Body)
+				return fail(&f)
+			case wire.TypeCommitted:
+				m.CloseFDs()
+			default:
+				m.CloseFDs()
+				return abort(failure(wire.CodeUnexpected, "source sent %v while storing", m.Type))
+			}
+		case err := <-pairWord:
+			if err != nil {
+				return fail(failure(wire.CodeExport, "source aborted: %v", err))
+			}
+			setState(src, "moved")
+			res.Listeners, res.Connections, res.Packets = int(rc.sum.Listeners), int(rc.sum.Conns), int(rc.sum.Packets)
+			res.Batches, res.StateBytes = int(rc.sum.Batches), rc.sum.StateBytes
+			progress("Stored", fmt.Sprintf("holding %d descriptors", e.fds()))
+			return t.result(res, start, nil, nil, 0, 0), e
+		case <-deadline.C:
+			_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: failure(wire.CodeDeadline, "deadline").Marshal()})
+			return abort(failure(wire.CodeDeadline, "deadline of %v passed while storing", timeout))
+		}
+	}
+}
+
+// startDelivery hands stored descriptors to a newly joined process with
+// the same name and uid. On failure the entry stays stored.
+func (a *Agent) startDelivery(s *session, e *stored) {
+	a.mu.Lock()
+	t := a.newTxn()
+	err := attach(t, s)
+	a.mu.Unlock()
+	if err != nil {
+		a.release(e)
+		return
+	}
+	t.log = t.log.WithValues("source", "store", "target", s.id, "name", e.key.name)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer t.finish(s)
+		res := t.deliverStored(s, e)
+		a.record(t.log, res)
+	}()
+}
+
+func (t *txn) deliverStored(s *session, e *stored) admin.Result {
+	a := t.a
+	start := time.Now()
+	res := admin.Result{TxID: t.id, To: s.id}
+	fail := func(f *wire.Failure) admin.Result {
+		setState(s, "standby")
+		a.release(e)
+		return t.result(res, start, f, nil, 0, 0)
+	}
+	pa, pb, err := wire.Pair()
+	if err != nil {
+		return fail(failure(wire.CodeInternal, "%v", err))
+	}
+	pair, err := wire.FromFD(pb, "handoff-pair")
+	if err != nil {
+		wire.CloseAll([]int{pa})
+		return fail(failure(wire.CodeInternal, "%v", err))
+	}
+	defer pair.Close()
+	timeout := a.cfg.MigrateTimeout
+	setState(s, "migrating-in")
+	err = s.send(wire.TypeBegin, t.id, wire.Begin{TimeoutMS: uint32(timeout / time.Millisecond), SourceName: e.key.name}.Marshal(), []int{pa})
+	wire.CloseAll([]int{pa})
+	if err != nil {
+		return fail(failure(wire.CodeTargetLost, "send begin to %v: %v", s, err))
+	}
+	for _, b := range e.batches {
+		if err := s.conn.Send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: b.Flags, TxID: t.id, Seq: b.Seq}, Body: b.Body, FDs: b.FDs}); err != nil {
+			return fail(failure(wire.CodeTargetLost, "send stored batch %d to %v: %v", b.Seq, s, err))
+		}
+	}
+	if err := s.send(wire.TypeEnd, t.id, e.sum.Marshal(), nil); err != nil {
+		return fail(failure(wire.CodeTargetLost, "send end to %v: %v", s, err))
+	}
+	ready := make(chan error, 1)
+	go func() {
+		m, err := pair.Recv()
+		if err == nil {
+			m.CloseFDs()
+			if m.Type != wire.TypeReady {
+				err = fmt.Errorf("%v on the pair, expected ready", m.Type)
+			}
+		}
+		ready <- err
+	}()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	committed := false
+	var grace <-chan time.Time
+	for {
+		select {
+		case err := <-ready:
+			if err != nil {
+				return fail(failure(wire.CodeTargetLost, "target %v went away before it was ready: %v", s, err))
+			}
+			if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommit, TxID: t.id}}); err != nil {
+				return fail(failure(wire.CodeTargetLost, "commit to %v: %v", s, err))
+			}
+			committed = true
+			a.mu.Lock()
+			if a.store[e.key] == e {
+				delete(a.store, e.key)
+			}
+			a.mu.Unlock()
+			e.gone = true
+			e.timer.Stop()
+			n := e.fds()
+			for i := range e.batches {
+				e.batches[i].CloseFDs()
+			}
+			a.m.storedFDs.Sub(float64(n))
+			s.mu.Lock()
+			s.standby = false
+			s.mu.Unlock()
+			setState(s, "active")
+			res.Listeners, res.Connections, res.Packets = int(e.sum.Listeners), int(e.sum.Conns), int(e.sum.Packets)
+			res.Batches, res.StateBytes = int(e.sum.Batches), e.sum.StateBytes
+			grace = time.After(finalWordGrace)
+		case ev := <-t.events:
+			if ev.err != nil {
+				if committed {
+					return t.result(res, start, nil, &e.sum, 0, 0)
+				}
+				return fail(failure(wire.CodeTargetLost, "target %v went away: %v", s, ev.err))
+			}
+			m := ev.msg
+			m.CloseFDs()
+			switch m.Type {
+			case wire.TypeServing:
+				var st wire.Stamp
+				_ = st.Unmarshal(m.Body)
+				return t.result(res, start, nil, &e.sum, 0, st.MonoNS)
+			case wire.TypeAbort:
+				if committed {
+					continue
+				}
+				var f wire.Failure
+				_ = f.Unmarshal(m.Body)
+				f.Reason = "target: " + f.Reason
+				return fail(&f)
+			}
+		case <-deadline.C:
+			if committed {
+				continue
+			}
+			_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: failure(wire.CodeDeadline, "deadline").Marshal()})
+			return fail(failure(wire.CodeDeadline, "deadline of %v passed before %v was ready", timeout, s))
+		case <-grace:
+			return t.result(res, start, nil, &e.sum, 0, 0)
+		}
+	}
+}

@@ -1,0 +1,67 @@
+// Package handoff lets a network server hand its listening sockets and its
+// established connections to a new process of itself, on the same host,
+// without a client noticing more than a pause.
+//
+// The old process (the source) and the new one (the target) both talk to
+// the handoff node agent over a unix socket. When the agent runs a
+// migration, the source stops accepting, stops the I/O of every tracked
+// connection at a safe point, and sends the descriptors and one state
+// record per connection; the agent relays them to the target; the target
+// rebuilds its listeners and connections and says it is ready; the source
+// closes its copies and the target carries on. Until the source commits,
+// any failure (target crash, agent crash, deadline, EMFILE, a bad message)
+// aborts: the target drops what it got and the source resumes exactly as
+// before, because it never closed anything.
+//
+// # Using it
+//
+//	p, err := handoff.Join(ctx, handoff.Options{})
+//	if err != nil { ... }                    // only for misuse; a missing agent is not an error
+//	ln, err := p.Listen("tcp", ":8080")      // inherited if the old process handed one over
+//	imported, err := p.Ready()               // target: returns once the old process let go
+//	for _, ic := range imported {
+//		go serveFrom(ic.Conn, ic.State)      // continue where the old process stopped
+//	}
+//	for {
+//		c, err := ln.Accept()
+//		...
+//		t, _ := p.Track(c, handoff.Hooks{Freeze: ..., Resume: ..., Moved: ...})
+//		go serve(c, t)
+//	}
+//	<-p.Done()                               // our sockets now belong to the new process: exit
+//
+// # Connections
+//
+// An application registers each connection it wants moved with Track and
+// three hooks. Freeze is called when a migration starts: it must stop all
+// reads and writes on the connection at a point where the connection's
+// state can be written down, and return that state (including bytes read
+// but not processed, and bytes produced but not yet written). It is called
+// from SDK goroutines, for many connections at once. After Freeze the
+// application must not touch the connection until Resume (the migration
+// aborted: carry on as if nothing happened) or Moved (the connection now
+// lives in the new process: stop without closing it; the SDK closes this
+// process's copy, which does not affect the socket). Never shut a moved
+// connection down: shutdown acts on the socket, not on this process's copy.
+//
+// Descriptors are obtained through syscall.Conn's RawConn, never through
+// File(), which would switch the socket to blocking mode.
+//
+// # Without an agent
+//
+// If the agent socket does not exist or refuses the session, Join logs one
+// line and returns a Process that behaves like the plain net package:
+// fresh sockets, no migrations. An application never depends on handoff to
+// start.
+//
+// # Standby
+//
+// A new process started to receive a migration sets Options.Standby: Join
+// then waits until the agent hands it the sockets of another process (see
+// handoffctl migrate) or until StandbyTimeout passes. A process that starts
+// while the agent holds sockets stored for its name (the in-place restart
+// case) receives them during Join whether or not it is in standby.
+//
+// The wire protocol is specified in docs/protocol.md; this package depends
+// only on the standard library, golang.org/x/sys and the wire package.
+package handoff

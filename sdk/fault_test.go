@@ -1,0 +1,42 @@
+package handoff_test
+
+import (
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	handoff "github.com/handoff-dev/handoff/sdk"
+)
+
+// applyChildFaults arms the faults a test asked the child for:
+// CRASH_AT=step kills the process with SIGKILL at that protocol step,
+// STALL_AT=step:duration stalls it there, NOFILE=n lowers its open-file
+// limit so the import meets EMFILE.
+func applyChildFaults() {
+	crash := os.Getenv("CRASH_AT")
+	stallAt, stallFor := "", time.Duration(0)
+	if s := os.Getenv("STALL_AT"); s != "" {
+		for i := range s {
+			if s[i] == ':' {
+				stallAt = s[:i]
+				stallFor, _ = time.ParseDuration(s[i+1:])
+			}
+		}
+	}
+	if crash != "" || stallAt != "" {
+		handoff.SetTestHook(func(step string) {
+			if step == crash {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+			if step == stallAt {
+				time.Sleep(stallFor) // the fault itself: a process stuck at this step
+			}
+		})
+	}
+	if n, err := strconv.Atoi(os.Getenv("NOFILE")); err == nil {
+		lim := syscall.Rlimit{Cur: uint64(n), Max: uint64(n)}
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}

@@ -1,0 +1,262 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/handoff-dev/handoff/wire"
+)
+
+// DefaultSocket is where the agent listens when neither Options.Socket nor
+// the HANDOFF_SOCKET environment variable says otherwise.
+const DefaultSocket = "/run/handoff/agent.sock"
+
+// DefaultStandbyTimeout is how long a standby process waits for a handoff
+// when Options.StandbyTimeout is zero.
+const DefaultStandbyTimeout = 5 * time.Minute
+
+// DefaultAcceptGrace is how long a migration waits for connections that
+// Accept returned just before it started to be passed to Track.
+const DefaultAcceptGrace = 100 * time.Millisecond
+
+// Errors callers can test with errors.Is.
+var (
+	// ErrSkip, returned by a Freeze hook, leaves that connection in this
+	// process: it is not moved and the migration goes on without it.
+	ErrSkip = errors.New("handoff: connection not moved")
+	// ErrAborted means an incoming handoff was called off before this
+	// process took over; the old process still serves.
+	ErrAborted = errors.New("handoff: incoming handoff aborted")
+	// ErrMoved means the operation came too late: this process's sockets
+	// have already been handed to another process.
+	ErrMoved = errors.New("handoff: sockets moved to another process")
+	// ErrNotSupported means a connection cannot be moved because it does
+	// not expose its descriptor (it does not implement syscall.Conn).
+	ErrNotSupported = errors.New("handoff: connection does not expose a descriptor")
+	// ErrStandbyTimeout means a standby process waited in vain.
+	ErrStandbyTimeout = errors.New("handoff: no handoff arrived while in standby")
+)
+
+// Options configure Join. The zero value is ready to use.
+type Options struct {
+	// Socket is the agent's unix socket. Default: $HANDOFF_SOCKET, else
+	// DefaultSocket.
+	Socket string
+	// Name labels this process for people (handoffctl sessions) and keys
+	// the agent's fd store for in-place restarts. Default: $HANDOFF_NAME,
+	// else the program's base name.
+	Name string
+	// Standby makes Join wait for another process's sockets before it
+	// returns, instead of starting fresh.
+	Standby bool
+	// StandbyTimeout bounds the wait in standby. Default:
+	// DefaultStandbyTimeout.
+	StandbyTimeout time.Duration
+	// AcceptGrace bounds how long a migration waits for connections that
+	// were accepted but not yet tracked. Default: DefaultAcceptGrace.
+	AcceptGrace time.Duration
+	// Logf receives the SDK's few log lines. Default: log.Printf.
+	Logf func(format string, args ...any)
+}
+
+func (o *Options) defaults() {
+	if o.Socket == "" {
+		o.Socket = os.Getenv("HANDOFF_SOCKET")
+	}
+	if o.Socket == "" {
+		o.Socket = DefaultSocket
+	}
+	if o.Name == "" {
+		o.Name = os.Getenv("HANDOFF_NAME")
+	}
+	if o.Name == "" {
+		o.Name = filepath.Base(os.Args[0])
+	}
+	if o.StandbyTimeout <= 0 {
+		o.StandbyTimeout = DefaultStandbyTimeout
+	}
+	if o.AcceptGrace <= 0 {
+		o.AcceptGrace = DefaultAcceptGrace
+	}
+	if o.Logf == nil {
+		o.Logf = log.Printf
+	}
+}
+
+// Process is this process's membership in handoff: the sockets it owns,
+// the connections it tracks and its session with the agent.
+type Process struct {
+	opts      Options
+	agent     *wire.Conn // nil when no agent is available
+	sessionID uint64
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	listeners  map[*listener]struct{}
+	packets    map[*packetConn]struct{}
+	tracked    map[*Tracked]struct{}
+	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
+	export     *exportTx              // the outgoing migration in progress
+	moved      bool
+	readyDone  bool
+	agentGone  bool
+	controlRun bool
+
+	in   *incoming // the incoming handoff until Ready finishes it
+	done chan struct{}
+}
+
+// Join connects this process to the agent. When a handoff for this
+// process is pending (or Options.Standby is set) it receives the sockets
+// before returning; they are then claimed with Listen, ListenPacket and
+// Ready. Without a reachable agent Join logs that handoff is unavailable
+// and returns a Process that uses fresh sockets. It returns an error only
+// when an incoming handoff failed (ErrAborted) or a standby wait ended
+// without one (ErrStandbyTimeout, or ctx's error).
+func Join(ctx context.Context, opts Options) (*Process, error) {
+	opts.defaults()
+	p := &Process{
+		opts:      opts,
+		listeners: map[*listener]struct{}{},
+		packets:   map[*packetConn]struct{}{},
+		tracked:   map[*Tracked]struct{}{},
+		accepted:  map[net.Conn]time.Time{},
+		done:      make(chan struct{}),
+	}
+	p.cond = sync.NewCond(&p.mu)
+	c, err := wire.Dial(opts.Socket)
+	if err != nil {
+		if opts.Standby {
+			return nil, fmt.Errorf("standby needs the agent: %w", err)
+		}
+		opts.Logf("handoff: unavailable, serving with fresh sockets: %v", err)
+		p.readyDone = false
+		return p, nil
+	}
+	flags := uint8(0)
+	if opts.Standby {
+		flags |= wire.HelloStandby
+	}
+	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: opts.Name}
+	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {
+		c.Close()
+		return p.unavailable(fmt.Errorf("say hello to agent %s: %w", opts.Socket, err))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	m, err := c.Recv()
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Close()
+		return p.unavailable(fmt.Errorf("wait for agent %s: %w", opts.Socket, err))
+	}
+	if m.Type == wire.TypeError {
+		m.CloseFDs()
+		var f wire.Failure
+		_ = f.Unmarshal(m.Body)
+		c.Close()
+		return p.unavailable(fmt.Errorf("agent %s refused the session: %w", opts.Socket, f))
+	}
+	var w wire.Welcome
+	if m.Type != wire.TypeWelcome || w.Unmarshal(m.Body) != nil {
+		m.CloseFDs()
+		c.Close()
+		return p.unavailable(fmt.Errorf("agent %s: %w: expected welcome, got %v", opts.Socket, wire.ErrMalformed, m.Type))
+	}
+	c.SetVersion(uint8(w.Version))
+	p.agent = c
+	p.sessionID = w.SessionID
+	if w.Flags&wire.WelcomePending != 0 || opts.Standby {
+		in, err := p.receive(ctx, w.Flags&wire.WelcomePending != 0)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		p.in = in
+		return p, nil
+	}
+	p.startControl()
+	return p, nil
+}
+
+func (p *Process) unavailable(err error) (*Process, error) {
+	if p.opts.Standby {
+		return nil, fmt.Errorf("standby needs the agent: %w", err)
+	}
+	p.opts.Logf("handoff: unavailable, serving with fresh sockets: %v", err)
+	return p, nil
+}
+
+// Available reports whether this process has a session with an agent.
+func (p *Process) Available() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.agent != nil && !p.agentGone
+}
+
+// SessionID is the agent's number for this process (0 without an agent),
+// as handoffctl sessions shows it.
+func (p *Process) SessionID() uint64 { return p.sessionID }
+
+// Inherited reports whether this process received sockets from another.
+func (p *Process) Inherited() bool { return p.in != nil }
+
+// Done is closed once this process's sockets were handed to another
+// process and the handoff committed: the application should finish and
+// exit.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Close ends the session with the agent. Sockets stay open and the
+// application keeps serving; it just can no longer be migrated.
+func (p *Process) Close() error {
+	p.mu.Lock()
+	a := p.agent
+	p.agentGone = true
+	p.mu.Unlock()
+	if a != nil {
+		return a.Close()
+	}
+	return nil
+}
+
+func (p *Process) logf(format string, args ...any) { p.opts.Logf("handoff: "+format, args...) }
+
+// Imported is a connection received from the previous process, with the
+// state record its Freeze hook returned there.
+type Imported struct {
+	Conn  net.Conn
+	State []byte
+}
+
+// Ready says this process is ready to serve. In a process that received a
+// handoff it completes the transaction: it returns once the old process
+// has let go of the sockets, with the connections it handed over, and only
+// then may the application use them; inherited listeners start accepting
+// at the same moment. If the handoff is called off instead, Ready closes
+// everything it received and returns ErrAborted. In a fresh process it
+// returns nil, nil. Call it once, after Listen and ListenPacket.
+func (p *Process) Ready() ([]Imported, error) {
+	p.mu.Lock()
+	if p.readyDone {
+		p.mu.Unlock()
+		return nil, errors.New("handoff: ready called twice")
+	}
+	p.readyDone = true
+	in := p.in
+	p.mu.Unlock()
+	if in == nil {
+		return nil, nil
+	}
+	conns, err := in.finish(p)
+	if err != nil {
+		return nil, err
+	}
+	p.startControl()
+	return conns, nil
+}

@@ -1,0 +1,316 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/handoff-dev/handoff/wire"
+)
+
+// incoming is a handoff this process is receiving, from Begin until Ready
+// finishes it.
+type incoming struct {
+	txid  uint64
+	begin wire.Begin
+	pair  *wire.Conn
+
+	mu        sync.Mutex
+	listeners map[string]net.Listener
+	packets   map[string]net.PacketConn
+	conns     []Imported
+	err       error
+
+	gates   []*sockGate
+	onAbort []func()
+}
+
+func (in *incoming) claimListener(k string) net.Listener {
+	ln := in.listeners[k]
+	delete(in.listeners, k)
+	return ln
+}
+
+func (in *incoming) claimPacket(k string) net.PacketConn {
+	pc := in.packets[k]
+	delete(in.packets, k)
+	return pc
+}
+
+// closeAll drops everything received: the old process still has its
+// copies, so closing ours touches no client.
+func (in *incoming) closeAll() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for k, ln := range in.listeners {
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+		}
+		ln.Close()
+		delete(in.listeners, k)
+	}
+	for k, pc := range in.packets {
+		pc.Close()
+		delete(in.packets, k)
+	}
+	for _, ic := range in.conns {
+		ic.Conn.Close()
+	}
+	in.conns = nil
+	for _, f := range in.onAbort {
+		f()
+	}
+	in.onAbort = nil
+	for _, g := range in.gates {
+		g.open()
+	}
+	if in.pair != nil {
+		in.pair.Close()
+	}
+}
+
+// receive waits for Begin and takes in every batch until End. Any failure
+// is reported to the agent and returned wrapped in ErrAborted.
+func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) {
+	c := p.agent
+	wait := p.opts.StandbyTimeout
+	if pending && !p.opts.Standby {
+		wait = 30 * time.Second
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	c.SetReadDeadline(time.Now().Add(wait))
+	m, err := c.Recv()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("standby: %w", ctx.Err())
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("%w after %v", ErrStandbyTimeout, wait)
+		}
+		return nil, fmt.Errorf("%w: waiting for begin: %w", ErrAborted, err)
+	}
+	if m.Type != wire.TypeBegin || len(m.FDs) != 1 {
+		m.CloseFDs()
+		return nil, fmt.Errorf("%w: expected begin with one descriptor, got %v with %d", ErrAborted, m.Type, len(m.FDs))
+	}
+	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{}}
+	if err := in.begin.Unmarshal(m.Body); err != nil {
+		m.CloseFDs()
+		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+	}
+	in.pair, err = wire.FromFD(m.FDs[0], "handoff-pair")
+	if err != nil {
+		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+	}
+	step("begin")
+	deadline := time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
+	c.SetReadDeadline(deadline)
+	defer c.SetReadDeadline(time.Time{})
+
+	var wg sync.WaitGroup
+	var got wire.Summary
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil, p.abortIncoming(in, wire.CodeCancelled, ctx.Err())
+			}
+			return nil, p.abortIncoming(in, wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
+		}
+		if m.TxID != in.txid {
+			m.CloseFDs()
+			wg.Wait()
+			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
+		}
+		switch m.Type {
+		case wire.TypeBatch:
+			bi, err := wire.DecodeBatch(m.Body, len(m.FDs))
+			if err != nil {
+				m.CloseFDs()
+				wg.Wait()
+				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+			}
+			for _, e := range bi.Entries {
+				switch e.Kind {
+				case wire.KindListener:
+					got.Listeners++
+				case wire.KindConn:
+					got.Conns++
+				case wire.KindPacket:
+					got.Packets++
+				}
+			}
+			got.Batches++
+			step("batch")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				in.adopt(bi, m.FDs)
+			}()
+		case wire.TypeEnd:
+			m.CloseFDs()
+			wg.Wait()
+			var sum wire.Summary
+			if err := sum.Unmarshal(m.Body); err != nil {
+				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+			}
+			if in.err != nil {
+				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
+			}
+			step("end")
+			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
+				return nil, p.abortIncoming(in, wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
+					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
+			}
+			return in, nil
+		case wire.TypeAbort:
+			m.CloseFDs()
+			wg.Wait()
+			var f wire.Failure
+			_ = f.Unmarshal(m.Body)
+			in.closeAll()
+			return nil, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
+		default:
+			m.CloseFDs()
+			wg.Wait()
+			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+		}
+	}
+}
+
+// abortIncoming drops what arrived and tells the agent why.
+func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
+	in.closeAll()
+	f := wire.Failure{Code: code, Reason: cause.Error()}
+	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
+	p.logf("incoming handoff %d aborted: %v", in.txid, f)
+	return fmt.Errorf("%w: %v", ErrAborted, f)
+}
+
+// adopt turns one batch's descriptors into net objects. Every descriptor
+// is closed here, whether adopted (net dups it) or not.
+func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
+	defer wire.CloseAll(fds)
+	fail := func(err error) {
+		in.mu.Lock()
+		if in.err == nil {
+			in.err = err
+		}
+		in.mu.Unlock()
+	}
+	if bi.Memfd {
+		all, err := wire.ReadStateMemfd(fds[len(fds)-1], bi.StateSum)
+		if err != nil {
+			fail(err)
+			return
+		}
+		wire.SplitStates(&bi, all)
+	}
+	conns := make([]Imported, 0, len(bi.Entries))
+	var firstErr error
+	for i, e := range bi.Entries {
+		f := os.NewFile(uintptr(fds[i]), "handoff-socket")
+		var err error
+		switch e.Kind {
+		case wire.KindListener:
+			var ln net.Listener
+			if ln, err = net.FileListener(f); err == nil {
+				in.mu.Lock()
+				in.listeners[e.Key] = ln
+				in.mu.Unlock()
+			}
+		case wire.KindPacket:
+			var pc net.PacketConn
+			if pc, err = net.FilePacketConn(f); err == nil {
+				in.mu.Lock()
+				in.packets[e.Key] = pc
+				in.mu.Unlock()
+			}
+		case wire.KindConn:
+			var c net.Conn
+			if c, err = net.FileConn(f); err == nil {
+				conns = append(conns, Imported{Conn: c, State: e.State})
+			}
+		}
+		f.Close()
+		fds[i] = -1
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("adopt descriptor %d of batch (kind %d): %w", i, e.Kind, err)
+		}
+	}
+	in.mu.Lock()
+	in.conns = append(in.conns, conns...)
+	in.mu.Unlock()
+	if firstErr != nil {
+		fail(firstErr)
+	}
+}
+
+// finish is Ready for a process that received a handoff: tell the source
+// we are ready, wait for its decision, and open the gates.
+func (in *incoming) finish(p *Process) ([]Imported, error) {
+	p.mu.Lock()
+	for k := range in.listeners {
+		p.logf("inherited listener %s was not claimed by Listen; closing it", k)
+	}
+	for k := range in.packets {
+		p.logf("inherited packet socket %s was not claimed by ListenPacket; closing it", k)
+	}
+	p.mu.Unlock()
+	step("before-ready")
+	counts := wire.Summary{Conns: uint32(len(in.conns))}
+	if err := in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: in.txid}, Body: counts.Marshal()}); err != nil {
+		return nil, p.abortIncoming(in, wire.CodeTargetLost, fmt.Errorf("tell the source we are ready: %w", err))
+	}
+	m, err := in.pair.Recv()
+	switch {
+	case err == nil && m.Type == wire.TypeCommit:
+		m.CloseFDs()
+	case err == nil && m.Type == wire.TypeAbort:
+		m.CloseFDs()
+		var f wire.Failure
+		_ = f.Unmarshal(m.Body)
+		in.closeAll()
+		p.logf("incoming handoff %d aborted by the source: %v", in.txid, f)
+		return nil, fmt.Errorf("%w by the source: %v", ErrAborted, f)
+	case errors.Is(err, wire.ErrClosed):
+		// The source exited after exporting everything: its copies are
+		// gone, so taking over loses nothing and duplicates nothing.
+		p.logf("the source closed the transaction without a decision after exporting everything; taking over")
+	default:
+		if err == nil {
+			m.CloseFDs()
+			err = fmt.Errorf("%w: %v on the pair", wire.ErrMalformed, m.Type)
+		}
+		return nil, p.abortIncoming(in, wire.CodeUnexpected, err)
+	}
+	// Unclaimed sockets are dropped now that they are ours alone.
+	in.mu.Lock()
+	for k, ln := range in.listeners {
+		ln.Close()
+		delete(in.listeners, k)
+	}
+	for k, pc := range in.packets {
+		pc.Close()
+		delete(in.packets, k)
+	}
+	conns := in.conns
+	in.conns = nil
+	in.mu.Unlock()
+	in.pair.Close()
+	for _, g := range in.gates {
+		g.open()
+	}
+	p.mu.Lock()
+	p.in = nil
+	p.mu.Unlock()
+	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
+	return conns, nil
+}

@@ -1,0 +1,206 @@
+package handoff_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/handoff-dev/handoff/internal/testapp"
+	"github.com/handoff-dev/handoff/nodeagent"
+	"github.com/handoff-dev/handoff/nodeagent/admin"
+)
+
+// Child processes are this test binary re-executed with HANDOFF_TEST_CHILD
+// naming what to run, as tableflip's tests do.
+func TestMain(m *testing.M) {
+	if role := os.Getenv("HANDOFF_TEST_CHILD"); role != "" {
+		os.Exit(runChild(role))
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(role string) int {
+	switch role {
+	case "testapp":
+		size := 64
+		if s := os.Getenv("STATE_SIZE"); s != "" {
+			size, _ = strconv.Atoi(s)
+		}
+		applyChildFaults()
+		err := testapp.Run(context.Background(), testapp.Config{
+			Socket: os.Getenv("HANDOFF_SOCKET"), Name: os.Getenv("HANDOFF_NAME"),
+			Standby: os.Getenv("STANDBY") == "1",
+			TCP:     os.Getenv("TCP"), Unix: os.Getenv("UNIX"), UDP: os.Getenv("UDP"),
+			StateSize: func(id uint64) int {
+				if os.Getenv("STATE_VARY") == "1" {
+					return int(id % uint64(size+1))
+				}
+				return size
+			},
+			Ready: func(tcp, unix, udp net.Addr, imported int) {
+				fmt.Printf("READY tcp=%v unix=%v udp=%v imported=%d pid=%d\n", tcp, unix, udp, imported, os.Getpid())
+			},
+			Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		})
+		if err != nil {
+			fmt.Printf("EXIT err=%v\n", err)
+			return 3
+		}
+		fmt.Println("EXIT ok")
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "unknown child role %q\n", role)
+	return 2
+}
+
+// child is a re-executed test binary.
+type child struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines chan string
+	out   strings.Builder
+	mu    sync.Mutex
+	exit  chan error
+}
+
+func startChild(t *testing.T, role string, env ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "HANDOFF_TEST_CHILD="+role)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stderr = &testWriter{t: t, prefix: role}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start child %s: %v", role, err)
+	}
+	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+		c.exit <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+	})
+	return c
+}
+
+// line waits for the next line the child prints that starts with prefix.
+func (c *child) line(prefix string, timeout time.Duration) string {
+	c.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-c.lines:
+			if !ok {
+				c.t.Fatalf("child exited before printing %q", prefix)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		case <-deadline:
+			c.t.Fatalf("child printed no %q within %v", prefix, timeout)
+		}
+	}
+}
+
+// field extracts key=value from a line.
+func field(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+type testWriter struct {
+	t      *testing.T
+	prefix string
+}
+
+func (w *testWriter) Write(b []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		w.t.Logf("[%s] %s", w.prefix, l)
+	}
+	return len(b), nil
+}
+
+// testAgent runs an agent in this process on a temporary socket and
+// reports joins and results on channels.
+type testAgent struct {
+	*nodeagent.Agent
+	socket  string
+	joins   chan admin.Session
+	results chan admin.Result
+}
+
+func startAgent(t *testing.T) *testAgent {
+	t.Helper()
+	dir := t.TempDir()
+	ta := &testAgent{socket: filepath.Join(dir, "run", "agent.sock"), joins: make(chan admin.Session, 64), results: make(chan admin.Result, 64)}
+	ta.Agent = nodeagent.New(nodeagent.Config{
+		Socket: ta.socket, Log: testr.New(t),
+		OnJoin:   func(s admin.Session) { ta.joins <- s },
+		OnResult: func(r admin.Result) { ta.results <- r },
+	})
+	if err := ta.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ta.Serve(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ta
+}
+
+// join waits until the process pid has joined and returns its session.
+func (ta *testAgent) join(t *testing.T, pid int) admin.Session {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case s := <-ta.joins:
+			if int(s.PID) == pid {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("process %d did not join the agent", pid)
+		}
+	}
+}
+
+// fdCount counts a process's open descriptors.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatalf("count descriptors of %d: %v", pid, err)
+	}
+	return len(ents)
+}
+
+var _ = io.EOF
+var _ = syscall.SIGKILL

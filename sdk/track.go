@@ -1,0 +1,121 @@
+package handoff
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+)
+
+// Hooks let the SDK stop, resume and release one tracked connection.
+type Hooks struct {
+	// Freeze stops all I/O on the connection at a safe point and returns
+	// its state record: everything the new process needs to carry on,
+	// including bytes read but not processed and bytes not yet written.
+	// Return ErrSkip to keep the connection in this process. Required.
+	Freeze func() ([]byte, error)
+	// Resume undoes Freeze after an aborted migration: carry on exactly as
+	// before. Required.
+	Resume func()
+	// Moved says the connection now belongs to the new process. Stop the
+	// goroutines that served it without closing or shutting it down; the
+	// SDK closes this process's copy after Moved returns. Optional.
+	Moved func()
+}
+
+// Tracked is a connection under handoff's care.
+type Tracked struct {
+	p     *Process
+	conn  net.Conn
+	raw   syscall.RawConn
+	hooks Hooks
+}
+
+// Track puts c under handoff's care: the next outgoing migration freezes
+// it with h.Freeze and moves it. c must expose its descriptor
+// (*net.TCPConn and *net.UnixConn do). Track returns ErrMoved when this
+// process's sockets have already gone to another process.
+func (p *Process) Track(c net.Conn, h Hooks) (*Tracked, error) {
+	if h.Freeze == nil || h.Resume == nil {
+		return nil, fmt.Errorf("track %v: freeze and resume hooks are required", c.RemoteAddr())
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("track %T %v: %w", c, c.RemoteAddr(), ErrNotSupported)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("track %v: %w", c.RemoteAddr(), err)
+	}
+	t := &Tracked{p: p, conn: c, raw: raw, hooks: h}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.accepted, c)
+	p.cond.Broadcast()
+	if p.moved {
+		return nil, fmt.Errorf("track %v: %w", c.RemoteAddr(), ErrMoved)
+	}
+	p.tracked[t] = struct{}{}
+	if x := p.export; x != nil {
+		x.late(t)
+	}
+	return t, nil
+}
+
+// Untrack takes the connection out of handoff's care, typically just
+// before the application closes it. It waits for a migration that is
+// freezing this connection to finish with it.
+func (t *Tracked) Untrack() {
+	p := t.p
+	p.mu.Lock()
+	delete(p.tracked, t)
+	p.mu.Unlock()
+}
+
+// noteAccepted remembers a connection Accept handed out, so a migration
+// starting a moment later waits (AcceptGrace at most) for it to be
+// tracked instead of leaving it behind.
+func (p *Process) noteAccepted(c net.Conn) {
+	p.mu.Lock()
+	now := time.Now()
+	if len(p.accepted) > 1024 {
+		for k, at := range p.accepted {
+			if now.Sub(at) > time.Second {
+				delete(p.accepted, k)
+			}
+		}
+	}
+	p.accepted[c] = now
+	p.mu.Unlock()
+}
+
+// waitAccepted waits until every connection accepted within the last
+// second has been tracked, or until the grace period ends. Called with
+// p.mu held.
+func (p *Process) waitAccepted() {
+	deadline := time.Now().Add(p.opts.AcceptGrace)
+	timer := time.AfterFunc(p.opts.AcceptGrace, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		pending := 0
+		for c, at := range p.accepted {
+			if now.Sub(at) > time.Second {
+				delete(p.accepted, c)
+				continue
+			}
+			pending++
+		}
+		if pending == 0 || !now.Before(deadline) {
+			if pending > 0 {
+				p.logf("%d accepted connections were not tracked within %v; they stay in this process", pending, p.opts.AcceptGrace)
+			}
+			return
+		}
+		p.cond.Wait()
+	}
+}
