@@ -56,6 +56,10 @@ type Config struct {
 	OnResult func(admin.Result)
 	// OnJoin, if set, is called when an application session has joined.
 	OnJoin func(admin.Session)
+	// Fault, if set, is called at each step of a transaction ("prepared",
+	// "relayed-batch", "ended"): fault-injection tests use it to kill or
+	// stall the agent at an exact point. Leave it nil in production.
+	Fault func(step string)
 }
 
 // Agent serves the agent socket.

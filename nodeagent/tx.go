@@ -58,6 +58,12 @@ func (t *txn) deliver(ev event) {
 	}
 }
 
+func (t *txn) fault(step string) {
+	if t.a.cfg.Fault != nil {
+		t.a.cfg.Fault(step)
+	}
+}
+
 // finish ends the transaction: later events are discarded.
 func (t *txn) finish(ss ...*session) {
 	close(t.done)
@@ -215,6 +221,7 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 		setState(dst, "standby")
 		return t.result(res, start, failure(wire.CodeSourceLost, "send prepare to %v: %v", src, err), nil, 0, 0)
 	}
+	t.fault("prepared")
 	err = dst.send(wire.TypeBegin, t.id, wire.Begin{TimeoutMS: tms, Source: src.id, SourceName: src.name}.Marshal(), []int{pb})
 	wire.CloseAll([]int{pb})
 	var cause *wire.Failure
@@ -313,6 +320,7 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 					}
 					t.a.m.fdsMoved.Add(float64(len(m.FDs)))
 					m.CloseFDs()
+					t.fault("relayed-batch")
 					if rc.sum.Batches%8 == 0 {
 						progress("Transferring", fmt.Sprintf("%d batches relayed", rc.sum.Batches))
 					}
@@ -334,6 +342,7 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 							abortSrc(failure(wire.CodeTargetLost, "send end to %v: %v", dst, err))
 						}
 					}
+					t.fault("ended")
 					progress("Transferring", fmt.Sprintf("exported %d listeners, %d connections, %d packet sockets in %d batches; waiting for the target", sum.Listeners, sum.Conns, sum.Packets, sum.Batches))
 				case wire.TypeCommitted:
 					var st wire.Stamp
