@@ -75,6 +75,7 @@ type Agent struct {
 	nextID   uint64
 	nextTx   uint64
 	closed   bool
+	joined   *sync.Cond // broadcast when a session joins
 	wg       sync.WaitGroup
 }
 
@@ -101,7 +102,9 @@ func New(cfg Config) *Agent {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, store: map[storeKey]*stored{}}
+	a := &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, store: map[storeKey]*stored{}}
+	a.joined = sync.NewCond(&a.mu)
+	return a
 }
 
 // Listen creates the socket directory and socket with explicit modes. A
@@ -173,6 +176,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 func (a *Agent) shutdown() {
 	a.mu.Lock()
 	a.closed = true
+	a.joined.Broadcast()
 	ss := make([]*session, 0, len(a.sessions))
 	for _, s := range a.sessions {
 		ss = append(ss, s)
@@ -280,6 +284,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	a.nextID++
 	s.id = a.nextID
 	a.sessions[s.id] = s
+	a.joined.Broadcast()
 	claim := a.claimStored(s)
 	a.mu.Unlock()
 	a.m.sessions.Inc()
@@ -388,6 +393,16 @@ func (a *Agent) handle(s *session, req admin.Request) admin.Response {
 	switch req.Op {
 	case admin.OpSessions:
 		return a.listSessions()
+	case admin.OpWait:
+		timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		ss, err := a.WaitSession(req.PID, timeout)
+		if err != nil {
+			return admin.Response{Error: err.Error()}
+		}
+		return admin.Response{Sessions: []admin.Session{ss}}
 	case admin.OpMigrate, admin.OpStore:
 		what, err := parseWhat(req.What)
 		if err != nil {
@@ -450,6 +465,33 @@ func (a *Agent) listSessions() admin.Response {
 		r.Stored = append(r.Stored, admin.Stored{Name: k.name, UID: k.uid, Listeners: int(e.sum.Listeners), Connections: int(e.sum.Conns), Packets: int(e.sum.Packets), Expires: e.expires})
 	}
 	return r
+}
+
+// WaitSession waits until the process pid has an application session.
+func (a *Agent) WaitSession(pid int32, timeout time.Duration) (admin.Session, error) {
+	expired := false
+	timer := time.AfterFunc(timeout, func() {
+		a.mu.Lock()
+		expired = true
+		a.joined.Broadcast()
+		a.mu.Unlock()
+	})
+	defer timer.Stop()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for {
+		for _, s := range a.sessions {
+			if s.peer.PID == pid {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return admin.Session{ID: s.id, Name: s.name, PID: s.peer.PID, UID: s.peer.UID, GID: s.peer.GID, State: s.state, Standby: s.standby, Since: s.since}, nil
+			}
+		}
+		if expired || a.closed {
+			return admin.Session{}, fmt.Errorf("process %d did not join within %v", pid, timeout)
+		}
+		a.joined.Wait()
+	}
 }
 
 // Sessions lists the current application sessions.

@@ -109,8 +109,9 @@ type Process struct {
 	agentGone  bool
 	controlRun bool
 
-	in   *incoming // the incoming handoff until Ready finishes it
-	done chan struct{}
+	in        *incoming // the incoming handoff until Ready finishes it
+	inherited bool      // this process received a handoff
+	done      chan struct{}
 }
 
 // Join connects this process to the agent. When a handoff for this
@@ -179,6 +180,7 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 			return nil, err
 		}
 		p.in = in
+		p.inherited = true
 		return p, nil
 	}
 	p.startControl()
@@ -205,7 +207,7 @@ func (p *Process) Available() bool {
 func (p *Process) SessionID() uint64 { return p.sessionID }
 
 // Inherited reports whether this process received sockets from another.
-func (p *Process) Inherited() bool { return p.in != nil }
+func (p *Process) Inherited() bool { return p.inherited }
 
 // Done is closed once this process's sockets were handed to another
 // process and the handoff committed: the application should finish and

@@ -26,6 +26,7 @@ Usage:
   handoffctl [--socket PATH] sessions [--json]
   handoffctl [--socket PATH] migrate --from ID --to ID [--timeout D] [--what KINDS] [--json]
   handoffctl [--socket PATH] store --from ID [--hold D] [--timeout D] [--json]
+  handoffctl [--socket PATH] wait --pid PID [--timeout D] [--json]
 
 migrate moves every listener, connection and packet socket of session
 --from to session --to, which must have joined in standby. store moves them
@@ -58,6 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	to := fs.Uint64("to", 0, "target session ID")
 	timeout := fs.Duration("timeout", 0, "deadline (default: the agent's)")
 	hold := fs.Duration("hold", 0, "how long the agent keeps stored sockets (default: the agent's)")
+	pid := fs.Int("pid", 0, "process to wait for")
 	what := fs.String("what", "", "comma-separated kinds to move: listeners,connections,packets (default all)")
 	if err := fs.Parse(rest); err != nil {
 		return 2
@@ -88,6 +90,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "stored for %q (uid %d): %d listeners, %d connections, %d packet sockets, until %s\n",
 				s.Name, s.UID, s.Listeners, s.Connections, s.Packets, s.Expires.Format(time.RFC3339))
 		}
+		return 0
+	case "wait":
+		if *pid <= 0 {
+			fmt.Fprintln(stderr, "handoffctl wait: --pid is required")
+			return 2
+		}
+		d := *timeout
+		if d <= 0 {
+			d = 30 * time.Second
+		}
+		s, err := c.WaitSession(int32(*pid), d)
+		if err != nil {
+			fmt.Fprintf(stderr, "handoffctl wait: %v\n", err)
+			return 1
+		}
+		if *asJSON {
+			return printJSON(stdout, s)
+		}
+		fmt.Fprintf(stdout, "%d\n", s.ID)
 		return 0
 	case "migrate", "store":
 		if *from == 0 || (cmd == "migrate" && *to == 0) {

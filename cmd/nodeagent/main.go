@@ -50,6 +50,8 @@ func main() {
 		log.Error(err, "cannot serve the agent socket")
 		os.Exit(1)
 	}
+	// Scripts wait for this line instead of polling for the socket.
+	fmt.Printf("nodeagent: ready socket=%s\n", *socket)
 	if *metricsAddr != "0" && *metricsAddr != "" {
 		go func() {
 			err := a.ServeHTTP(ctx, *metricsAddr, func(addr net.Addr) { log.Info("serving metrics and health", "address", addr.String()) })

@@ -18,6 +18,7 @@ const (
 	OpSessions = "sessions" // list sessions and stored descriptors
 	OpMigrate  = "migrate"  // move one session's sockets to another session
 	OpStore    = "store"    // move one session's sockets into the agent's fd store
+	OpWait     = "wait"     // wait until a process (PID) has joined, up to TimeoutMS
 )
 
 // Request is the body of a wire Request message.
@@ -30,6 +31,8 @@ type Request struct {
 	// Empty means all.
 	What   []string `json:"what,omitempty"`
 	HoldMS uint32   `json:"holdMs,omitempty"`
+	// PID names the process OpWait waits for.
+	PID int32 `json:"pid,omitempty"`
 }
 
 // Session describes one application session, as the kernel identified it.
@@ -176,6 +179,19 @@ func (c *Client) Do(req Request, progress func(Progress)) (*Response, error) {
 
 // Sessions lists the agent's sessions and stored descriptors.
 func (c *Client) Sessions() (*Response, error) { return c.Do(Request{Op: OpSessions}, nil) }
+
+// WaitSession waits until the process pid has joined the agent and
+// returns its session.
+func (c *Client) WaitSession(pid int32, timeout time.Duration) (Session, error) {
+	r, err := c.Do(Request{Op: OpWait, PID: pid, TimeoutMS: uint32(timeout / time.Millisecond)}, nil)
+	if err != nil {
+		return Session{}, err
+	}
+	if len(r.Sessions) != 1 {
+		return Session{}, fmt.Errorf("agent answered wait with %d sessions: %w", len(r.Sessions), wire.ErrMalformed)
+	}
+	return r.Sessions[0], nil
+}
 
 // Migrate moves session from's sockets to session to and returns the
 // outcome. A failed migration is a Result with Phase Failed, not an error;

@@ -1,0 +1,67 @@
+# handoff — zero-downtime socket handoff between processes.
+# `make help` lists the targets.
+
+GO      ?= go
+BIN     := $(CURDIR)/bin
+PKGS    := ./...
+FUZZTIME ?= 60s
+
+.DEFAULT_GOAL := help
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+		/^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Build
+
+.PHONY: build
+build: ## Build every binary into bin/ (nodeagent, handoffctl, streamer, handoff-load, handoff-demo, handoff-bench).
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/streamer
+	$(GO) build -o $(BIN)/handoff-demo ./hack/demo
+	$(GO) build -o $(BIN)/handoff-bench ./hack/bench
+
+##@ Run
+
+.PHONY: demo
+demo: build ## Live migrations of a streaming server under verifying clients, with a summary.
+	$(BIN)/handoff-demo
+
+.PHONY: bench
+bench: build ## Benchmark the pause against the SCM_RIGHTS floor at N=1000 and N=5000.
+	$(BIN)/handoff-bench
+
+##@ Test
+
+.PHONY: test
+test: lint test-race ## All unit and integration tests, race detector on (safe on a laptop).
+
+.PHONY: test-unit
+test-unit: ## The fast unit layer only (no race detector, short mode).
+	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: test-race
+test-race:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+.PHONY: test-e2e
+test-e2e: build ## End-to-end: the built binaries on this host, under load.
+	HANDOFF_BIN=$(BIN) $(GO) test -count=1 -timeout 20m -v ./test/e2e/...
+
+.PHONY: fuzz
+fuzz: ## Fuzz the wire decoder for FUZZTIME (default 60s).
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./wire
+
+.PHONY: lint
+lint: ## go vet and gofmt.
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+.PHONY: clean
+clean: ## Remove built binaries.
+	rm -rf $(BIN)

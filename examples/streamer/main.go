@@ -1,0 +1,65 @@
+// Command streamer is the example workload of handoff: an HTTP/1.1 radio
+// server whose streams are a pure function of (name, offset), so that a
+// client can prove it lost and duplicated nothing across migrations.
+//
+//	streamer --addr 127.0.0.1:8080 --rate 16384 --tick 100ms
+//	curl -sN http://127.0.0.1:8080/streams/demo | head -c 64 | xxd
+//
+// It runs until SIGINT or SIGTERM, or until its sockets were handed to a
+// new process (then it exits 0).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/handoff-dev/handoff/examples/streamer/server"
+	"github.com/handoff-dev/handoff/internal/fdlimit"
+)
+
+func main() {
+	var cfg server.Config
+	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:8080", "TCP listen address")
+	flag.IntVar(&cfg.Rate, "rate", server.DefaultRate, "body bytes per second per connection")
+	flag.DurationVar(&cfg.Tick, "tick", server.DefaultTick, "pacing interval: each tick writes rate*tick bytes")
+	flag.StringVar(&cfg.SessionName, "name", server.DefaultName, "handoff session name")
+	flag.StringVar(&cfg.Socket, "socket", "", "handoff agent socket (default: $HANDOFF_SOCKET or the SDK default)")
+	flag.BoolVar(&cfg.Standby, "standby", false, "wait for another process to hand its sockets over before serving")
+	flag.DurationVar(&cfg.StandbyTimeout, "standby-timeout", 0, "how long to wait in standby (0: the SDK default)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "streamer: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+
+	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
+	cfg.Logf = logger.Printf
+	if soft, hard, err := fdlimit.Raise(); err != nil {
+		logger.Printf("streamer: %v", err)
+	} else {
+		logger.Printf("streamer: open file limit %d (hard %d)", soft, hard)
+	}
+	cfg.OnReady = func(i server.Info) {
+		fmt.Printf("streamer: serving on %s (inherited=%t, imported %d connections)\n", i.Addr, i.Inherited, i.Imported)
+	}
+	cfg.OnExit = func(s server.Summary) {
+		why := "stopped"
+		if s.MovedAway {
+			why = "moved away"
+		}
+		fmt.Printf("streamer: %s: accepted=%d imported=%d rejected=%d finished=%d moved=%d bytes=%d\n",
+			why, s.Accepted, s.Imported, s.Rejected, s.Finished, s.Moved, s.BytesSent)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := server.Run(ctx, cfg); err != nil {
+		logger.Print(err)
+		os.Exit(1)
+	}
+}

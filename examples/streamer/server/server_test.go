@@ -1,0 +1,419 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/stream"
+	handoff "github.com/handoff-dev/handoff/sdk"
+)
+
+// tracked is a connection the server registered with the SDK, as seen
+// through the test seam.
+type tracked struct {
+	c *conn
+	h handoff.Hooks
+}
+
+type testServer struct {
+	addr    string
+	tracked chan tracked
+	summary chan Summary
+	stop    func() Summary
+}
+
+// startServer runs Run in the background with no agent (fresh sockets) and
+// returns once it listens.
+func startServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	ts := &testServer{tracked: make(chan tracked, 100), summary: make(chan Summary, 1)}
+	ready := make(chan Info, 1)
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Socket = filepath.Join(t.TempDir(), "no-agent.sock")
+	cfg.Logf = t.Logf
+	cfg.OnReady = func(i Info) { ready <- i }
+	cfg.OnExit = func(s Summary) { ts.summary <- s }
+	cfg.onTrack = func(c *conn, h handoff.Hooks) {
+		select {
+		case ts.tracked <- tracked{c, h}:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- Run(ctx, cfg) }()
+	select {
+	case i := <-ready:
+		ts.addr = i.Addr.String()
+		if i.Inherited || i.Imported != 0 {
+			t.Errorf("fresh server reports %+v", i)
+		}
+	case err := <-errc:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	stopped := false
+	var sum Summary
+	ts.stop = func() Summary {
+		if stopped {
+			return sum
+		}
+		stopped = true
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		sum = <-ts.summary
+		return sum
+	}
+	t.Cleanup(func() { ts.stop() })
+	return ts
+}
+
+// dial connects; small sets a tiny receive buffer so that the server's
+// writes block as soon as the client stops reading.
+func dial(t *testing.T, addr string, small bool) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if small {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c.(*net.TCPConn)
+}
+
+// readHeader reads and checks the 200 header.
+func readHeader(t *testing.T, r io.Reader) {
+	t.Helper()
+	h := make([]byte, len(okHeader))
+	if _, err := io.ReadFull(r, h); err != nil {
+		t.Fatalf("read header: %v", err)
+	}
+	if string(h) != okHeader {
+		t.Fatalf("header = %q, want %q", h, okHeader)
+	}
+}
+
+// verify reads n body bytes and checks them against the oracle.
+func verify(t *testing.T, r io.Reader, v *stream.Verifier, n int64) {
+	t.Helper()
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		m, err := r.Read(buf[:min(int64(len(buf)), n)])
+		if err := v.Check(buf[:m]); err != nil {
+			t.Fatal(err)
+		}
+		n -= int64(m)
+		if err != nil && n > 0 {
+			t.Fatalf("stream %q at offset %d: %v", v.Name(), v.Offset(), err)
+		}
+	}
+}
+
+func TestServeStreams(t *testing.T) {
+	ts := startServer(t, Config{Rate: 1 << 20, Tick: 5 * time.Millisecond})
+	const n = 8
+	done := make(chan error, n)
+	for i := range n {
+		go func() {
+			c, err := net.Dial("tcp", ts.addr)
+			if err != nil {
+				done <- err
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			name := "s" + string(rune('a'+i))
+			if _, err := io.WriteString(c, "GET /streams/"+name+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				done <- err
+				return
+			}
+			h := make([]byte, len(okHeader))
+			if _, err := io.ReadFull(c, h); err != nil || string(h) != okHeader {
+				done <- errors.Join(err, errors.New("bad header "+string(h)))
+				return
+			}
+			v := stream.NewVerifier(name, 0)
+			buf := make([]byte, 4096)
+			for v.Offset() < 100_000 {
+				m, err := c.Read(buf)
+				if cerr := v.Check(buf[:m]); cerr != nil {
+					done <- cerr
+					return
+				}
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range n {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := ts.stop()
+	if sum.Accepted != n || sum.Finished != n || sum.MovedAway || sum.BytesSent < n*100_000 {
+		t.Fatalf("summary %+v", sum)
+	}
+}
+
+func TestPacing(t *testing.T) {
+	// 100 KB/s in 10 ms ticks: 1000 bytes per tick, the first at once.
+	ts := startServer(t, Config{Rate: 100_000, Tick: 10 * time.Millisecond})
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /streams/p HTTP/1.1\r\n\r\n")
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	start := time.Now()
+	verify(t, r, stream.NewVerifier("p", 0), 20_000)
+	// 20 chunks need at least 19 ticks after the first.
+	if el := time.Since(start); el < 190*time.Millisecond {
+		t.Fatalf("20000 bytes at 100000 B/s arrived in %v: not paced", el)
+	}
+}
+
+func TestErrorResponses(t *testing.T) {
+	ts := startServer(t, Config{})
+	cases := []struct{ req, status string }{
+		{"GET /nothing HTTP/1.1\r\n\r\n", "HTTP/1.1 404 "},
+		{"DELETE /streams/a HTTP/1.1\r\n\r\n", "HTTP/1.1 405 "},
+		{"hello\r\n\r\n", "HTTP/1.1 400 "},
+		{strings.Repeat("x", maxRequest+10), "HTTP/1.1 400 "},
+	}
+	for _, tc := range cases {
+		c := dial(t, ts.addr, false)
+		go io.WriteString(c, tc.req)
+		got, err := io.ReadAll(c)
+		if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("%.20q: %v", tc.req, err)
+		}
+		if !strings.HasPrefix(string(got), tc.status) {
+			t.Fatalf("%.20q: got %q, want %q...", tc.req, got, tc.status)
+		}
+	}
+	if sum := ts.stop(); sum.Rejected != int64(len(cases)) {
+		t.Fatalf("summary %+v, want %d rejected", sum, len(cases))
+	}
+}
+
+// TestShutdownWithBlockedWriter checks that Run returns although a client
+// stopped reading and the server is blocked in Write.
+func TestShutdownWithBlockedWriter(t *testing.T) {
+	ts := startServer(t, Config{Rate: 80 << 20, Tick: 100 * time.Millisecond})
+	c := dial(t, ts.addr, true)
+	io.WriteString(c, "GET /streams/b HTTP/1.1\r\n\r\n")
+	readHeader(t, c)
+	verify(t, c, stream.NewVerifier("b", 0), 1000)
+	if sum := ts.stop(); sum.Finished != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+}
+
+func waitTracked(t *testing.T, ts *testServer) tracked {
+	t.Helper()
+	select {
+	case tr := <-ts.tracked:
+		return tr
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection tracked")
+		return tracked{}
+	}
+}
+
+// freezeState calls the Freeze hook and decodes what it returned.
+func freezeState(t *testing.T, tr tracked) connState {
+	t.Helper()
+	b, err := tr.h.Freeze()
+	if err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	st, err := decodeState(b)
+	if err != nil {
+		t.Fatalf("Freeze returned an undecodable state: %v", err)
+	}
+	return st
+}
+
+// TestFreezeResumeIdle freezes a connection between ticks, many times.
+func TestFreezeResumeIdle(t *testing.T) {
+	ts := startServer(t, Config{Rate: 200_000, Tick: 2 * time.Millisecond})
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /streams/idle HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	v := stream.NewVerifier("idle", 0)
+	for i := range 50 {
+		verify(t, r, v, 500)
+		st := freezeState(t, tr)
+		if st.Phase != phaseStream || st.Name != "idle" || st.Next < v.Offset() {
+			t.Fatalf("freeze %d: state %+v at client offset %d", i, brief(st), v.Offset())
+		}
+		tr.h.Resume()
+	}
+	verify(t, r, v, 10_000)
+}
+
+// TestFreezeResumeBlockedWrite freezes a connection whose Write is blocked
+// because the client stopped reading: the bytes written so far count as
+// sent, the rest travel as unsent, and after Resume the client gets every
+// byte exactly once.
+func TestFreezeResumeBlockedWrite(t *testing.T) {
+	ts := startServer(t, Config{Rate: 80 << 20, Tick: 100 * time.Millisecond}) // 8 MiB per tick
+	c := dial(t, ts.addr, true)
+	io.WriteString(c, "GET /streams/blocked HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	readHeader(t, c)
+	v := stream.NewVerifier("blocked", 0)
+	// The first Write (header and 8 MiB) cannot finish: the client window
+	// and the server's send buffer hold far less.
+	verify(t, c, v, 1000)
+	st := freezeState(t, tr)
+	chunk := int64(tr.c.s.chunk)
+	if st.Phase != phaseStream || st.Next != chunk || len(st.Unsent) == 0 || int64(len(st.Unsent)) >= chunk {
+		t.Fatalf("state %+v (unsent %d): want frozen mid-write of a %d-byte chunk", brief(st), len(st.Unsent), chunk)
+	}
+	// The unsent bytes are exactly the end of the chunk.
+	want := make([]byte, len(st.Unsent))
+	stream.Fill("blocked", chunk-int64(len(want)), want)
+	if !bytes.Equal(want, st.Unsent) {
+		t.Fatal("unsent bytes are not the tail of the chunk")
+	}
+	tr.h.Resume()
+	verify(t, c, v, chunk+100_000)
+}
+
+// TestMoveMidWrite freezes a blocked connection, reports it Moved and
+// continues it from its state in a second server, as the next process
+// would.
+func TestMoveMidWrite(t *testing.T) {
+	cfg := Config{Rate: 80 << 20, Tick: 100 * time.Millisecond}
+	ts := startServer(t, cfg)
+	c := dial(t, ts.addr, true)
+	io.WriteString(c, "GET /streams/mv HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	readHeader(t, c)
+	v := stream.NewVerifier("mv", 0)
+	verify(t, c, v, 1000)
+	st := freezeState(t, tr)
+	tr.h.Moved()
+	<-tr.c.done
+	if _, err := tr.h.Freeze(); !errors.Is(err, handoff.ErrSkip) {
+		t.Fatalf("Freeze after Moved = %v, want ErrSkip", err)
+	}
+	next := newTarget(t, cfg)
+	next.start(tr.c.nc, &st)
+	verify(t, c, v, int64(next.chunk)+100_000)
+	if sum := ts.stop(); sum.Moved != 1 || sum.Finished != 0 {
+		t.Fatalf("old server summary %+v, want 1 moved", sum)
+	}
+	next.shutdown()
+	next.drain()
+}
+
+// TestMoveMidRequest freezes a connection whose request is half read and
+// continues it in a second server.
+func TestMoveMidRequest(t *testing.T) {
+	cfg := Config{Rate: 100_000, Tick: 10 * time.Millisecond}
+	ts := startServer(t, cfg)
+	c := dial(t, ts.addr, false)
+	const part1, part2 = "GET /streams/half HT", "TP/1.1\r\nHost: x\r\n\r\n"
+	io.WriteString(c, part1)
+	tr := waitTracked(t, ts)
+	// Freeze and resume until the server has read the first part: each
+	// round must report a prefix of it.
+	deadline := time.Now().Add(10 * time.Second)
+	var st connState
+	for {
+		st = freezeState(t, tr)
+		if st.Phase != phaseRequest || !strings.HasPrefix(part1, string(st.Request)) {
+			t.Fatalf("state %+v, want a prefix of %q", brief(st), part1)
+		}
+		if len(st.Request) == len(part1) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server never read the request: %+v", st)
+		}
+		tr.h.Resume()
+	}
+	tr.h.Moved()
+	<-tr.c.done
+	next := newTarget(t, cfg)
+	next.start(tr.c.nc, &st)
+	io.WriteString(c, part2)
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	verify(t, r, stream.NewVerifier("half", 0), 5000)
+	next.shutdown()
+	next.drain()
+}
+
+// TestFreezeFinished checks ErrSkip for a connection that already ended.
+func TestFreezeFinished(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /missing HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	io.ReadAll(c)
+	<-tr.c.done
+	if _, err := tr.h.Freeze(); !errors.Is(err, handoff.ErrSkip) {
+		t.Fatalf("Freeze = %v, want ErrSkip", err)
+	}
+}
+
+// TestImportBadState checks that an undecodable state closes that
+// connection only.
+func TestImportBadState(t *testing.T) {
+	s := newTarget(t, Config{})
+	a, b := net.Pipe()
+	defer b.Close()
+	s.importConn(handoff.Imported{Conn: a, State: []byte{9, 9}})
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read from a connection with a bad state: %v, want EOF", err)
+	}
+	s.shutdown()
+	s.drain()
+}
+
+// newTarget builds a server that is not listening, standing for the next
+// process of a handoff.
+func newTarget(t *testing.T, cfg Config) *server {
+	t.Helper()
+	p, err := handoff.Join(context.Background(), handoff.Options{Socket: filepath.Join(t.TempDir(), "none.sock"), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if cfg.Rate == 0 {
+		cfg.Rate = DefaultRate
+	}
+	if cfg.Tick == 0 {
+		cfg.Tick = DefaultTick
+	}
+	cfg.Logf = t.Logf
+	return newServer(cfg, p)
+}

@@ -1,0 +1,158 @@
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// stateVersion is the first byte of every encoded connection state.
+const stateVersion = 1
+
+// Limits enforced when decoding a state record received from another
+// process.
+const (
+	maxRequest = 8 << 10  // request bytes buffered before the header ends
+	maxName    = 128      // stream name length
+	maxUnsent  = 64 << 20 // bytes produced but not yet written
+)
+
+// phase is where a connection was when it was frozen.
+type phase byte
+
+const (
+	// phaseRequest: still reading the request; Request holds the bytes read.
+	phaseRequest phase = 1
+	// phaseStream: streaming; Unsent is written first, then the body from Next.
+	phaseStream phase = 2
+	// phaseClosing: an error response is being written; write Unsent, close.
+	phaseClosing phase = 3
+)
+
+func (p phase) String() string {
+	switch p {
+	case phaseRequest:
+		return "request"
+	case phaseStream:
+		return "stream"
+	case phaseClosing:
+		return "closing"
+	}
+	return fmt.Sprintf("phase(%d)", byte(p))
+}
+
+// connState is the per-connection state carried across a handoff.
+//
+// Encoding (all integers unsigned varints):
+//
+//	version(1 byte)=1 phase(1 byte)
+//	phaseRequest: len(Request) Request
+//	phaseStream:  len(Name) Name Next len(Unsent) Unsent
+//	phaseClosing: len(Unsent) Unsent
+type connState struct {
+	Phase   phase
+	Request []byte // phaseRequest
+	Name    string // phaseStream
+	Next    int64  // phaseStream: body offset of the next byte to generate
+	Unsent  []byte // phaseStream, phaseClosing: bytes to write first
+}
+
+// errBadState is wrapped by every decoding error.
+var errBadState = errors.New("bad connection state")
+
+// appendState appends the encoding of s to b.
+func appendState(b []byte, s *connState) []byte {
+	b = append(b, stateVersion, byte(s.Phase))
+	switch s.Phase {
+	case phaseRequest:
+		b = binary.AppendUvarint(b, uint64(len(s.Request)))
+		b = append(b, s.Request...)
+	case phaseStream:
+		b = binary.AppendUvarint(b, uint64(len(s.Name)))
+		b = append(b, s.Name...)
+		b = binary.AppendUvarint(b, uint64(s.Next))
+		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
+		b = append(b, s.Unsent...)
+	case phaseClosing:
+		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
+		b = append(b, s.Unsent...)
+	}
+	return b
+}
+
+// decodeState parses an encoded state. The returned slices alias b.
+func decodeState(b []byte) (connState, error) {
+	var s connState
+	if len(b) < 2 {
+		return s, fmt.Errorf("%w: %d bytes, too short", errBadState, len(b))
+	}
+	if b[0] != stateVersion {
+		return s, fmt.Errorf("%w: version %d, want %d", errBadState, b[0], stateVersion)
+	}
+	s.Phase = phase(b[1])
+	d := decoder{b: b[2:]}
+	switch s.Phase {
+	case phaseRequest:
+		s.Request = d.bytes("request", maxRequest)
+	case phaseStream:
+		s.Name = string(d.bytes("name", maxName))
+		next := d.uvarint("next offset")
+		if d.err == nil && next > 1<<62 {
+			d.err = fmt.Errorf("next offset %d out of range", next)
+		}
+		s.Next = int64(next)
+		s.Unsent = d.bytes("unsent", maxUnsent)
+		if d.err == nil && !validName(s.Name) {
+			d.err = fmt.Errorf("invalid stream name %q", s.Name)
+		}
+	case phaseClosing:
+		s.Unsent = d.bytes("unsent", maxUnsent)
+	default:
+		return connState{}, fmt.Errorf("%w: unknown phase %d", errBadState, b[1])
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d trailing bytes", len(d.b))
+	}
+	if d.err != nil {
+		return connState{}, fmt.Errorf("%w: %s: %w", errBadState, s.Phase, d.err)
+	}
+	return s, nil
+}
+
+// decoder reads varints and length-prefixed fields, remembering the first
+// error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || n > 1 && d.b[n-1] == 0 {
+		d.err = fmt.Errorf("truncated, overlong or non-minimal %s", what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(what string, limit int) []byte {
+	n := d.uvarint(what + " length")
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(limit) {
+		d.err = fmt.Errorf("%s length %d exceeds %d", what, n, limit)
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%s truncated: %d of %d bytes", what, len(d.b), n)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}

@@ -1,0 +1,291 @@
+// Command handoff-bench is `make bench`: for N streaming connections
+// under a new-connection load it measures the pause of a migration (the
+// source stops serving → the target serves), the whole migration time and
+// descriptors per second, and in the same run the physical floor of moving
+// N sockets between processes with SCM_RIGHTS in batches of 253 (one hop
+// and two hops), printed as ratios. It also measures the baseline a user
+// would otherwise have: stop the old process, start the new one, and count
+// the connections that were reset.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/fdlimit"
+	"github.com/handoff-dev/handoff/internal/harness"
+	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/nodeagent/admin"
+)
+
+type migRow struct {
+	n          int
+	pauses     []time.Duration
+	totals     []time.Duration
+	stalls     []time.Duration
+	fds        int
+	floor      floorResult
+	stats      loadclient.Stats
+	baseResets int64
+	baseClosed int64
+	baseDown   time.Duration
+}
+
+func main() {
+	if role := os.Getenv(floorRoleEnv); role != "" {
+		floorChild(role)
+		return
+	}
+	exe, _ := os.Executable()
+	var (
+		bin     = flag.String("bin", filepath.Dir(exe), "directory with the nodeagent and streamer binaries")
+		ns      = flag.String("n", "1000,5000", "comma-separated connection counts")
+		reps    = flag.Int("reps", 3, "migrations (and floor runs) per N; medians are reported")
+		rate    = flag.Int("rate", 1024, "stream bytes per second per connection")
+		tick    = flag.Duration("tick", 250*time.Millisecond, "streamer pacing interval")
+		newRate = flag.Float64("new-rate", 50, "new short connections per second during the run")
+		verbose = flag.Bool("v", false, "show the processes' logs")
+	)
+	flag.Parse()
+	soft, hard, err := fdlimit.Raise()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	}
+	fmt.Printf("open-file limit: soft %d, hard %d\n", soft, hard)
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+
+	var rows []migRow
+	failed := false
+	for _, f := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: bad N %q\n", f)
+			os.Exit(2)
+		}
+		if 2*n+64 > int(soft) {
+			fmt.Fprintf(os.Stderr, "bench: N=%d needs %d descriptors in one process; the limit is %d\n", n, 2*n+64, soft)
+			os.Exit(2)
+		}
+		r, err := benchN(ctx, *bin, n, *reps, *rate, *tick, *newRate, *verbose)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench N=%d FAILED: %v\n", n, err)
+			failed = true
+			continue
+		}
+		rows = append(rows, r)
+	}
+	report(rows)
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Duration, newRate float64, verbose bool) (migRow, error) {
+	r := migRow{n: n}
+	logf("N=%d: measuring the SCM_RIGHTS floor (%d runs each of one and two hops)", n, reps)
+	fl, err := measureFloor(n, reps)
+	if err != nil {
+		return r, fmt.Errorf("floor: %w", err)
+	}
+	r.floor = fl
+	logf("N=%d: floor one hop %v, two hops %v", n, fl.oneHop, fl.twoHop)
+
+	env := &harness.Env{Bin: bin}
+	if verbose {
+		env.Log = os.Stderr
+	}
+	if err := env.Init(); err != nil {
+		return r, err
+	}
+	defer env.Close()
+	if _, err := env.StartAgent(); err != nil {
+		return r, err
+	}
+	adm, err := env.Admin()
+	if err != nil {
+		return r, err
+	}
+	defer adm.Close()
+	cur, err := env.StartStreamer(harness.Streamer{Label: "streamer-1", Addr: "127.0.0.1:0", Rate: rate, Tick: tick})
+	if err != nil {
+		return r, err
+	}
+	addr := addrOf(cur)
+	logf("N=%d: opening %d verifying streams to %s with %.0f new connections/s", n, n, addr, newRate)
+	client, err := loadclient.Start(ctx, loadclient.Config{Addr: addr, Streams: n, NewConnRate: newRate})
+	if err != nil {
+		return r, err
+	}
+	defer client.Stop()
+	sess, err := adm.WaitSession(int32(cur.Pid()), 10*time.Second)
+	if err != nil {
+		return r, err
+	}
+	for i := 1; i <= reps; i++ {
+		if err := client.WaitAdvanced(ctx, client.Mark(), int64(rate)*int64(tick)/int64(time.Second)); err != nil {
+			return r, err
+		}
+		next, err := env.StartStreamer(harness.Streamer{Label: fmt.Sprintf("streamer-%d", i+1), Addr: "127.0.0.1:0", Rate: rate, Tick: tick, Standby: true})
+		if err != nil {
+			return r, err
+		}
+		nsess, err := adm.WaitSession(int32(next.Pid()), 20*time.Second)
+		if err != nil {
+			return r, err
+		}
+		client.ResetStall()
+		mark := client.Mark()
+		res, err := adm.Migrate(admin.Request{From: sess.ID, To: nsess.ID}, nil)
+		if err != nil {
+			return r, err
+		}
+		if res.Phase != "Completed" {
+			return r, fmt.Errorf("migration %d %s: %s: %s", i, res.Phase, res.Reason, res.Message)
+		}
+		if err := next.WaitServing(30 * time.Second); err != nil {
+			return r, err
+		}
+		if err := cur.Wait(30 * time.Second); err != nil {
+			return r, fmt.Errorf("old streamer: %w", err)
+		}
+		if err := client.WaitAdvanced(ctx, mark, 1); err != nil {
+			return r, fmt.Errorf("streams did not resume: %w", err)
+		}
+		st := client.Snapshot()
+		r.pauses = append(r.pauses, res.Pause())
+		r.totals = append(r.totals, res.Duration())
+		r.stalls = append(r.stalls, st.LongestStall)
+		r.fds = res.Connections + res.Listeners + res.Packets
+		logf("N=%d migration %d: %d descriptors, pause %v, total %v, longest client stall %v",
+			n, i, r.fds, res.Pause().Round(time.Microsecond), res.Duration().Round(time.Microsecond), st.LongestStall.Round(time.Millisecond))
+		if f := st.Failures(); len(f) > 0 {
+			return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
+		}
+		cur, sess = next, nsess
+	}
+	r.stats = client.Stop()
+	if f := r.stats.Failures(); len(f) > 0 || r.stats.Alive != n {
+		return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
+	}
+	env.Close()
+
+	// The baseline: the same load against a process that is stopped and
+	// replaced the ordinary way.
+	base, err := baseline(ctx, bin, n, rate, tick, newRate, verbose)
+	if err != nil {
+		return r, fmt.Errorf("baseline: %w", err)
+	}
+	r.baseResets, r.baseClosed, r.baseDown = base.Resets+base.Errors, base.Closed, base.downtime
+	return r, nil
+}
+
+type baseStats struct {
+	loadclient.Stats
+	downtime time.Duration
+}
+
+// baseline stops a streamer with SIGTERM and starts a new one on the
+// same port, with no agent: every stream dies.
+func baseline(ctx context.Context, bin string, n, rate int, tick time.Duration, newRate float64, verbose bool) (baseStats, error) {
+	env := &harness.Env{Bin: bin}
+	if verbose {
+		env.Log = os.Stderr
+	}
+	if err := env.Init(); err != nil {
+		return baseStats{}, err
+	}
+	defer env.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return baseStats{}, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	old, err := env.StartStreamer(harness.Streamer{Label: "plain-1", Addr: addr, Rate: rate, Tick: tick})
+	if err != nil {
+		return baseStats{}, err
+	}
+	logf("N=%d baseline: %d streams to a plain process, then stop it and start a new one", n, n)
+	client, err := loadclient.Start(ctx, loadclient.Config{Addr: addr, Streams: n, NewConnRate: newRate})
+	if err != nil {
+		return baseStats{}, err
+	}
+	defer client.Stop()
+	if err := client.WaitAdvanced(ctx, client.Mark(), 1); err != nil {
+		return baseStats{}, err
+	}
+	stop := time.Now()
+	old.Signal(syscall.SIGTERM)
+	if err := old.Wait(30 * time.Second); err != nil {
+		return baseStats{}, fmt.Errorf("stop old: %w", err)
+	}
+	if _, err := env.StartStreamer(harness.Streamer{Label: "plain-2", Addr: addr, Rate: rate, Tick: tick}); err != nil {
+		return baseStats{}, err
+	}
+	down := time.Since(stop)
+	st := client.Stop()
+	logf("N=%d baseline: %d of %d streams reset or failed, %d closed by the server; new process serving after %v",
+		n, st.Resets+st.Errors, n, st.Closed, down.Round(time.Millisecond))
+	return baseStats{Stats: st, downtime: down}, nil
+}
+
+func addrOf(p *harness.Proc) string {
+	f := strings.Fields(p.ServingLine)
+	for i, w := range f {
+		if w == "on" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
+}
+
+func report(rows []migRow) {
+	fmt.Println()
+	fmt.Println("Migration pause against the physical floor (medians; floor measured in this run, same N):")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "N\tfloor 1 hop\tfloor 2 hops\tpause\tpause/2-hop floor\ttotal\tfds/s\tclient stall\tresets\tlost bytes\t")
+	for _, r := range rows {
+		p, t, s := median(r.pauses), median(r.totals), median(r.stalls)
+		fdps := float64(r.fds) / t.Seconds()
+		fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%.1fx\t%v\t%.0f\t%v\t%d\t%d\t\n", r.n, r.floor.oneHop.Round(time.Microsecond), r.floor.twoHop.Round(time.Microsecond),
+			p.Round(time.Microsecond), float64(p)/float64(r.floor.twoHop), t.Round(time.Microsecond), fdps, s.Round(time.Millisecond),
+			r.stats.Resets, r.stats.Mismatches)
+	}
+	tw.Flush()
+	fmt.Println()
+	fmt.Println("Baseline without handoff (stop the old process, start the new one):")
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "N\tstreams reset or failed\tclosed by server\tnew process serving after\t")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%v\t\n", r.n, r.baseResets, r.baseClosed, r.baseDown.Round(time.Millisecond))
+	}
+	tw.Flush()
+	for _, r := range rows {
+		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
+	}
+}
+
+func sorted(d []time.Duration) []time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	for i := range s {
+		s[i] = s[i].Round(time.Microsecond)
+	}
+	return s
+}
