@@ -135,6 +135,10 @@ func (a *Agent) Listen() error {
 		return fmt.Errorf("set mode of socket %s: %w", a.cfg.Socket, err)
 	}
 	a.ln = ln
+	// Relaying and storing descriptors must not grow the table mid-pause.
+	if _, err := wire.ReserveFDTable(); err != nil {
+		a.log.Error(err, "could not pre-size the descriptor table")
+	}
 	a.log.Info("agent listening", "socket", a.cfg.Socket, "mode", fmt.Sprintf("%#o", a.cfg.SocketMode))
 	return nil
 }

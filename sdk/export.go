@@ -141,6 +141,9 @@ func (x *exportTx) late(t *Tracked) {
 	}
 }
 
+// freezeWorkers bounds the goroutines calling Freeze hooks at once.
+const freezeWorkers = 128
+
 type frozenConn struct {
 	t     *Tracked
 	state []byte
@@ -292,11 +295,22 @@ func (x *exportTx) run() {
 		}
 	}
 
+	// A fixed pool of goroutines calls the Freeze hooks: spawning one per
+	// connection costs more than the hooks at thousands of connections.
 	results := make(chan frozenConn, len(conns)+cap(x.lateCh))
+	work := make(chan *Tracked, len(conns)+cap(x.lateCh))
+	defer close(work)
+	for range min(max(len(conns), 1), freezeWorkers) {
+		go func() {
+			for t := range work {
+				x.freezeOne(t, results)
+			}
+		}()
+	}
 	pending := 0
 	freeze := func(t *Tracked) {
 		pending++
-		go x.freezeOne(t, results)
+		work <- t
 	}
 	for _, t := range conns {
 		freeze(t)
@@ -374,6 +388,12 @@ func (x *exportTx) run() {
 // freezeOne calls one connection's Freeze hook. If the transaction was
 // decided while the hook ran, it undoes the freeze itself.
 func (x *exportTx) freezeOne(t *Tracked, out chan<- frozenConn) {
+	x.mu.Lock()
+	decided := x.decided
+	x.mu.Unlock()
+	if decided {
+		return
+	}
 	state, err := t.hooks.Freeze()
 	x.mu.Lock()
 	if x.decided {

@@ -144,6 +144,8 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	flags := uint8(0)
 	if opts.Standby {
 		flags |= wire.HelloStandby
+		// Grow the descriptor table now rather than during the pause.
+		_, _ = wire.ReserveFDTable()
 	}
 	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: opts.Name}
 	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {
@@ -174,6 +176,9 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	p.agent = c
 	p.sessionID = w.SessionID
 	if w.Flags&wire.WelcomePending != 0 || opts.Standby {
+		if !opts.Standby {
+			_, _ = wire.ReserveFDTable()
+		}
 		in, err := p.receive(ctx, w.Flags&wire.WelcomePending != 0)
 		if err != nil {
 			c.Close()
