@@ -54,7 +54,10 @@ func main() {
 	fmt.Printf("nodeagent: ready socket=%s\n", *socket)
 	if *metricsAddr != "0" && *metricsAddr != "" {
 		go func() {
-			err := a.ServeHTTP(ctx, *metricsAddr, func(addr net.Addr) { log.Info("serving metrics and health", "address", addr.String()) })
+			err := a.ServeHTTP(ctx, *metricsAddr, func(addr net.Addr) {
+				log.Info("serving metrics and health", "address", addr.String())
+				fmt.Printf("nodeagent: metrics address=%s\n", addr)
+			})
 			if err != nil {
 				log.Error(err, "metrics server stopped")
 			}
