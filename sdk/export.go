@@ -328,7 +328,8 @@ func (x *exportTx) run() {
 			}
 			fd, err := rawFD(r.t.raw)
 			if err == nil {
-				err = b.add(item{entry: wire.Entry{Kind: wire.KindConn, State: r.state}, fd: fd})
+				// The family lets the target adopt the socket without asking the kernel.
+				err = b.add(item{entry: wire.Entry{Kind: wire.KindConn, Key: r.t.family, State: r.state}, fd: fd})
 			}
 			if err != nil {
 				fail(wire.CodeExport, "export connection %v: %v", r.t.conn.RemoteAddr(), err)
@@ -337,7 +338,9 @@ func (x *exportTx) run() {
 		case t := <-x.lateCh:
 			freeze(t)
 		case f := <-x.agentEv:
-			x.abort(f, false)
+			// The agent waits for the source's final word after it asked
+			// for an abort: confirm it (skipped if the agent is gone).
+			x.abort(f, true)
 			return
 		case <-timer.C:
 			fail(wire.CodeDeadline, "deadline of %dms passed while freezing connections", x.prep.TimeoutMS)
@@ -379,7 +382,7 @@ func (x *exportTx) run() {
 		step("ready")
 		x.commit(b.sum)
 	case f := <-x.agentEv:
-		x.abort(f, false)
+		x.abort(f, true) // confirm, as above
 	case <-timer.C:
 		fail(wire.CodeDeadline, "deadline of %dms passed waiting for the target to be ready", x.prep.TimeoutMS)
 	}
@@ -443,6 +446,8 @@ func (x *exportTx) commit(sum wire.Summary) {
 		delete(p.tracked, t)
 	}
 	p.mu.Unlock()
+	// The decision is made: say so before the slower work of closing.
+	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	for _, l := range x.listeners {
 		l.markMoved()
 		setUnlink(l.ln, false)
@@ -458,7 +463,6 @@ func (x *exportTx) commit(sum wire.Summary) {
 		}
 		t.conn.Close()
 	}
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	p.logf("moved %d listeners, %d packet sockets and %d connections to the new process", sum.Listeners, sum.Packets, sum.Conns)
 	close(p.done)
 }

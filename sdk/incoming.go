@@ -216,6 +216,18 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	conns := make([]Imported, 0, len(bi.Entries))
 	var firstErr error
 	for i, e := range bi.Entries {
+		if e.Kind == wire.KindConn {
+			c, err := newSockConn(fds[i], e.Key)
+			if err != nil {
+				if firstErr == nil {
+					firstErr = fmt.Errorf("adopt connection %d of batch: %w", i, err)
+				}
+				continue
+			}
+			fds[i] = -1 // owned by c now
+			conns = append(conns, Imported{Conn: c, State: e.State})
+			continue
+		}
 		f := os.NewFile(uintptr(fds[i]), "handoff-socket")
 		var err error
 		switch e.Kind {
@@ -232,11 +244,6 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 				in.mu.Lock()
 				in.packets[e.Key] = pc
 				in.mu.Unlock()
-			}
-		case wire.KindConn:
-			var c net.Conn
-			if c, err = net.FileConn(f); err == nil {
-				conns = append(conns, Imported{Conn: c, State: e.State})
 			}
 		}
 		f.Close()

@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 
+	"github.com/handoff-dev/handoff/examples/streamer/server"
 	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
@@ -61,9 +63,70 @@ func runChild(role string) int {
 		}
 		fmt.Println("EXIT ok")
 		return 0
+	case "streamer":
+		return runStreamerChild()
+	case "agent":
+		return runAgentChild()
 	}
 	fmt.Fprintf(os.Stderr, "unknown child role %q\n", role)
 	return 2
+}
+
+// runStreamerChild runs the example streaming server, configured from the
+// environment: ADDR, HANDOFF_SOCKET, HANDOFF_NAME, STANDBY=1. It prints
+// "READY addr=… pid=… inherited=… imported=…" once serving and "EXIT ok"
+// or "EXIT err=…" when Run returns.
+func runStreamerChild() int {
+	applyChildFaults()
+	addr := os.Getenv("ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	err := server.Run(context.Background(), server.Config{
+		Addr: addr, Rate: 4096, Tick: 50 * time.Millisecond,
+		Socket: os.Getenv("HANDOFF_SOCKET"), SessionName: os.Getenv("HANDOFF_NAME"),
+		Standby: os.Getenv("STANDBY") == "1",
+		Logf:    func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		OnReady: func(i server.Info) {
+			fmt.Printf("READY addr=%v pid=%d inherited=%v imported=%d\n", i.Addr, os.Getpid(), i.Inherited, i.Imported)
+		},
+	})
+	if err != nil {
+		fmt.Printf("EXIT err=%v\n", err)
+		return 3
+	}
+	fmt.Println("EXIT ok")
+	return 0
+}
+
+// runAgentChild runs a node agent on $HANDOFF_SOCKET that kills itself
+// with SIGKILL at the transaction step named by AGENT_CRASH_AT. It prints
+// "READY pid=…" once listening.
+func runAgentChild() int {
+	crashAt := os.Getenv("AGENT_CRASH_AT")
+	a := nodeagent.New(nodeagent.Config{
+		Socket: os.Getenv("HANDOFF_SOCKET"),
+		Log: funcr.New(func(prefix, args string) {
+			fmt.Fprintln(os.Stderr, prefix, args)
+		}, funcr.Options{}),
+		Fault: func(step string) {
+			if step == crashAt {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+		},
+	})
+	if err := a.Listen(); err != nil {
+		fmt.Printf("EXIT err=%v\n", err)
+		return 3
+	}
+	fmt.Printf("READY pid=%d\n", os.Getpid())
+	if err := a.Serve(context.Background()); err != nil {
+		fmt.Printf("EXIT err=%v\n", err)
+		return 3
+	}
+	fmt.Println("EXIT ok")
+	return 0
 }
 
 // child is a re-executed test binary.
@@ -73,7 +136,20 @@ type child struct {
 	lines chan string
 	out   strings.Builder
 	mu    sync.Mutex
-	exit  chan error
+	done  chan struct{} // closed once the process was reaped
+	err   error         // cmd.Wait's answer, set before done is closed
+}
+
+// wait waits for the process to exit and returns how it ended.
+func (c *child) wait(timeout time.Duration) error {
+	c.t.Helper()
+	select {
+	case <-c.done:
+		return c.err
+	case <-time.After(timeout):
+		c.t.Fatalf("child %d did not exit within %v", c.cmd.Process.Pid, timeout)
+		return nil
+	}
 }
 
 func startChild(t *testing.T, role string, env ...string) *child {
@@ -89,17 +165,22 @@ func startChild(t *testing.T, role string, env ...string) *child {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start child %s: %v", role, err)
 	}
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), exit: make(chan error, 1)}
+	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
 		close(c.lines)
-		c.exit <- cmd.Wait()
+		c.err = cmd.Wait()
+		close(c.done)
 	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
+		// Reap it, so that its stderr is not logged after the test ended.
+		for range c.lines {
+		}
+		<-c.done
 	})
 	return c
 }

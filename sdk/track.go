@@ -25,10 +25,11 @@ type Hooks struct {
 
 // Tracked is a connection under handoff's care.
 type Tracked struct {
-	p     *Process
-	conn  net.Conn
-	raw   syscall.RawConn
-	hooks Hooks
+	p      *Process
+	family string // "tcp" or "unix"
+	conn   net.Conn
+	raw    syscall.RawConn
+	hooks  Hooks
 }
 
 // Track puts c under handoff's care: the next outgoing migration freezes
@@ -47,7 +48,10 @@ func (p *Process) Track(c net.Conn, h Hooks) (*Tracked, error) {
 	if err != nil {
 		return nil, fmt.Errorf("track %v: %w", c.RemoteAddr(), err)
 	}
-	t := &Tracked{p: p, conn: c, raw: raw, hooks: h}
+	t := &Tracked{p: p, conn: c, raw: raw, hooks: h, family: "tcp"}
+	if a := c.LocalAddr(); a != nil && a.Network() == "unix" {
+		t.family = "unix"
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.accepted, c)
