@@ -242,7 +242,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	if err != nil {
 		log.Info("peer closed before hello", "reason", err.Error())
 		a.m.badPeers.Inc()
-		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeMalformed, Reason: "expected hello: " + err.Error()}.Marshal()})
+		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: recvErrorCode(err), Reason: "expected hello: " + err.Error()}.Marshal()})
 		return
 	}
 	m.CloseFDs()
@@ -321,6 +321,18 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	a.readSession(s, log)
 }
 
+// recvErrorCode is the code of the Error answering a datagram the decoder
+// refused. A header version this agent does not speak is something the
+// peer can act on (speak an older version), so it gets CodeVersion, as a
+// hello with no common version does, rather than the generic
+// CodeMalformed.
+func recvErrorCode(err error) uint32 {
+	if errors.Is(err, wire.ErrVersion) {
+		return wire.CodeVersion
+	}
+	return wire.CodeMalformed
+}
+
 // readSession reads a session's messages until it ends, handing those of
 // a transaction to it.
 func (a *Agent) readSession(s *session, log logr.Logger) {
@@ -340,7 +352,7 @@ func (a *Agent) readSession(s *session, log logr.Logger) {
 			} else {
 				log.Info("closing session after a bad message", "reason", err.Error())
 				a.m.badPeers.Inc()
-				s.sendError(wire.CodeMalformed, err.Error())
+				s.sendError(recvErrorCode(err), err.Error())
 			}
 			return
 		}
