@@ -21,6 +21,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/nodeagent/podid"
 	"github.com/handoff-dev/handoff/wire"
 )
 
@@ -56,6 +57,10 @@ type Config struct {
 	OnResult func(admin.Result)
 	// OnJoin, if set, is called when an application session has joined.
 	OnJoin func(admin.Session)
+	// Identify, if set, maps a joining peer to its pod and container from
+	// the kernel (the Kubernetes agent sets it; standalone leaves it nil).
+	// A peer it cannot identify still joins, without a pod identity.
+	Identify func(pid int32, pidfd int) (podid.Identity, error)
 	// Fault, if set, is called at each step of a transaction ("prepared",
 	// "relayed-batch", "ended"): fault-injection tests use it to kill or
 	// stall the agent at an exact point. Leave it nil in production.
@@ -207,10 +212,18 @@ type session struct {
 	role    wire.Role
 	standby bool
 	since   time.Time
+	ident   podid.Identity // zero unless Config.Identify identified the peer
 
 	mu    sync.Mutex
 	tx    *txn // the transaction this session takes part in
 	state string
+}
+
+// info describes the session for administrators and callbacks; the
+// caller holds s.mu or owns s.
+func (s *session) info() admin.Session {
+	return admin.Session{ID: s.id, Name: s.name, PID: s.peer.PID, UID: s.peer.UID, GID: s.peer.GID, State: s.state,
+		Standby: s.standby, Since: s.since, PodUID: s.ident.PodUID, ContainerID: s.ident.ContainerID, Runtime: s.ident.Runtime}
 }
 
 func (s *session) String() string {
@@ -264,6 +277,15 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	if s.standby {
 		s.state = "standby"
 	}
+	if a.cfg.Identify != nil && h.Role == wire.RoleApp {
+		id, err := a.cfg.Identify(peer.PID, peer.PIDFD)
+		if err != nil {
+			log.Info("peer joins without a pod identity", "reason", err.Error())
+		} else {
+			s.ident = id
+			log = log.WithValues("podUID", id.PodUID, "containerID", id.ContainerID)
+		}
+	}
 	switch h.Role {
 	case wire.RoleAdmin:
 		if peer.UID != 0 && peer.UID != uint32(os.Getuid()) {
@@ -287,6 +309,9 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	}
 	a.nextID++
 	s.id = a.nextID
+	// The session as it joined, for the log and OnJoin: read before it is
+	// listed, since from then on a transaction may change its state.
+	joined := s.info()
 	a.sessions[s.id] = s
 	a.joined.Broadcast()
 	claim := a.claimStored(s)
@@ -311,9 +336,9 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 		log.Info("peer left before welcome", "reason", err.Error())
 		return
 	}
-	log.Info("session joined", "standby", s.standby, "pendingFromStore", claim != nil)
+	log.Info("session joined", "standby", joined.Standby, "pendingFromStore", claim != nil)
 	if a.cfg.OnJoin != nil {
-		a.cfg.OnJoin(admin.Session{ID: s.id, Name: s.name, PID: peer.PID, UID: peer.UID, GID: peer.GID, State: s.state, Standby: s.standby, Since: s.since})
+		a.cfg.OnJoin(joined)
 	}
 	if claim != nil {
 		a.startDelivery(s, claim)
@@ -473,7 +498,7 @@ func (a *Agent) listSessions() admin.Response {
 	var r admin.Response
 	for _, s := range a.sessions {
 		s.mu.Lock()
-		r.Sessions = append(r.Sessions, admin.Session{ID: s.id, Name: s.name, PID: s.peer.PID, UID: s.peer.UID, GID: s.peer.GID, State: s.state, Standby: s.standby, Since: s.since})
+		r.Sessions = append(r.Sessions, s.info())
 		s.mu.Unlock()
 	}
 	sort.Slice(r.Sessions, func(i, j int) bool { return r.Sessions[i].ID < r.Sessions[j].ID })
@@ -500,7 +525,7 @@ func (a *Agent) WaitSession(pid int32, timeout time.Duration) (admin.Session, er
 			if s.peer.PID == pid {
 				s.mu.Lock()
 				defer s.mu.Unlock()
-				return admin.Session{ID: s.id, Name: s.name, PID: s.peer.PID, UID: s.peer.UID, GID: s.peer.GID, State: s.state, Standby: s.standby, Since: s.since}, nil
+				return s.info(), nil
 			}
 		}
 		if expired || a.closed {

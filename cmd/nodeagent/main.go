@@ -1,6 +1,9 @@
-// Command nodeagent is the handoff node agent. In standalone mode (the
-// only mode so far) it serves the agent socket on a plain host, with
-// handoffctl as the operator's tool.
+// Command nodeagent is the handoff node agent. In standalone mode it serves
+// the agent socket on a plain host, with handoffctl as the operator's tool.
+// With a node name (--node-name or NODE_NAME, as the DaemonSet sets it from
+// the downward API) it also runs the Kubernetes reconciler: it performs the
+// Migrations scheduled to its node, identifying every process's pod and
+// container from the kernel.
 package main
 
 import (
@@ -11,12 +14,18 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/go-logr/logr/funcr"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/handoff-dev/handoff/api/v1alpha1"
 	"github.com/handoff-dev/handoff/internal/fdlimit"
 	"github.com/handoff-dev/handoff/nodeagent"
+	"github.com/handoff-dev/handoff/nodeagent/kube"
+	"github.com/handoff-dev/handoff/nodeagent/podid"
 )
 
 func main() {
@@ -27,12 +36,14 @@ func main() {
 		metricsAddr = flag.String("metrics-bind-address", "127.0.0.1:9750", "address of /metrics and /healthz; \"0\" disables")
 		timeout     = flag.Duration("migrate-timeout", nodeagent.DefaultMigrateTimeout, "default deadline of a migration")
 		hold        = flag.Duration("store-hold", nodeagent.DefaultStoreHold, "how long stored descriptors wait for a claimant")
-		verbosity   = flag.Int("v", 0, "log verbosity")
+		node        = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name: runs the Kubernetes reconciler for its Migrations (empty: standalone)")
+		procRoot    = flag.String("proc-root", "/proc", "where the host's /proc is mounted (the agent needs hostPID to see the applications' processes)")
 	)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
-	log := funcr.New(func(prefix, args string) {
-		fmt.Fprintf(os.Stderr, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
-	}, funcr.Options{Verbosity: *verbosity}).WithName("nodeagent")
+	log := zap.New(zap.UseFlagOptions(&opts)).WithName("nodeagent")
+	ctrl.SetLogger(log)
 
 	if soft, hard, err := fdlimit.Raise(); err != nil {
 		log.Error(err, "could not raise the open-file limit")
@@ -42,10 +53,14 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 
-	a := nodeagent.New(nodeagent.Config{
+	cfg := nodeagent.Config{
 		Socket: *socket, SocketMode: os.FileMode(*socketMode), DirMode: os.FileMode(*dirMode),
 		MigrateTimeout: *timeout, StoreHold: *hold, Log: log,
-	})
+	}
+	if *node != "" {
+		cfg.Identify = podid.NewResolver(*procRoot).Resolve
+	}
+	a := nodeagent.New(cfg)
 	if err := a.Listen(); err != nil {
 		log.Error(err, "cannot serve the agent socket")
 		os.Exit(1)
@@ -63,11 +78,52 @@ func main() {
 			}
 		}()
 	}
+	if *node != "" {
+		if err := runKubernetes(ctx, a, *node); err != nil {
+			log.Error(err, "cannot run the Kubernetes reconciler", "node", *node)
+			os.Exit(1)
+		}
+	}
 	if err := a.Serve(ctx); err != nil {
 		log.Error(err, "agent stopped")
 		os.Exit(1)
 	}
 	log.Info("agent stopped")
+}
+
+// runKubernetes starts, in the background, a manager whose cache holds only
+// this node's Migrations and Pods, and the reconciler that performs them.
+func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string) error {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("register core types: %w", err)
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("register handoff types: %w", err)
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  kube.CacheOptions(node),
+		Metrics:                metricsserver.Options{BindAddress: "0"}, // the agent serves its own /metrics
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	if err := (&kube.Reconciler{Agent: a, Node: node}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the reconciler: %w", err)
+	}
+	go func() {
+		if err := mgr.Start(ctx); err != nil {
+			ctrl.Log.Error(err, "kubernetes reconciler stopped", "node", node)
+			os.Exit(1)
+		}
+	}()
+	return nil
 }
 
 func envOr(k, def string) string {

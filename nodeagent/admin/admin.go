@@ -45,6 +45,11 @@ type Session struct {
 	State   string    `json:"state"`
 	Standby bool      `json:"standby"`
 	Since   time.Time `json:"since"`
+	// PodUID, ContainerID (64 hex) and Runtime say which pod and
+	// container the kernel puts the process in; empty in standalone mode.
+	PodUID      string `json:"podUID,omitempty"`
+	ContainerID string `json:"containerID,omitempty"`
+	Runtime     string `json:"runtime,omitempty"`
 }
 
 // Stored describes descriptors the agent holds for a restarting process.

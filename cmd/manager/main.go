@@ -1,0 +1,79 @@
+// Command manager is the handoff controller manager: it runs the
+// cluster-wide Migration reconciler (validation, scheduling to a node,
+// deadlines, the source policy) in the usual controller-runtime shape, with
+// leader election for more than one replica.
+package main
+
+import (
+	"flag"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/controllers"
+)
+
+func main() {
+	var (
+		metricsAddr = flag.String("metrics-bind-address", ":8080", "address of the controller-runtime metrics endpoint; \"0\" disables")
+		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+		leader      = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
+		leaderNS    = flag.String("leader-election-namespace", "", "namespace of the leader lease (default: the pod's namespace)")
+		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded")
+	)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	log := ctrl.Log.WithName("manager")
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		log.Error(err, "register core types")
+		os.Exit(1)
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		log.Error(err, "register handoff types")
+		os.Exit(1)
+	}
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:  *probeAddr,
+		LeaderElection:          *leader,
+		LeaderElectionID:        "manager.handoff.dev",
+		LeaderElectionNamespace: *leaderNS,
+		GracefulShutdownTimeout: ptr(30 * time.Second),
+	})
+	if err != nil {
+		log.Error(err, "create manager")
+		os.Exit(1)
+	}
+	ctx := ctrl.SetupSignalHandler()
+	if err := (&controllers.MigrationReconciler{AgentGrace: *grace}).SetupWithManager(ctx, mgr); err != nil {
+		log.Error(err, "set up the migration controller")
+		os.Exit(1)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		log.Error(err, "add health check")
+		os.Exit(1)
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		log.Error(err, "add ready check")
+		os.Exit(1)
+	}
+	log.Info("starting manager", "leaderElection", *leader)
+	if err := mgr.Start(ctx); err != nil {
+		log.Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,308 @@
+// Package kube runs the node agent under Kubernetes: a controller-runtime
+// manager whose cache holds only the Migrations labelled with this node and
+// the Pods on this node, and a reconciler that performs each such Migration
+// as a transaction of the agent between the processes the kernel places in
+// the named containers. It writes the agent's part of the status (the
+// Transferred condition, counts, pause, container IDs) and nothing else.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/internal/migstatus"
+	"github.com/handoff-dev/handoff/nodeagent"
+	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/nodeagent/podid"
+	"github.com/handoff-dev/handoff/wire"
+)
+
+// Name is the agent's name in Events.
+const Name = "handoff-nodeagent"
+
+// DefaultPoll is how often the reconciler looks for the named containers'
+// processes among the agent's sessions while it waits for them to join.
+const DefaultPoll = 50 * time.Millisecond
+
+// Reconciler performs the Migrations scheduled to Node.
+type Reconciler struct {
+	Client client.Client
+	Agent  *nodeagent.Agent
+	// Node is this node's name (NODE_NAME from the downward API).
+	Node string
+	// Recorder records Events; nil records none.
+	Recorder events.EventRecorder
+	// Poll defaults to DefaultPoll.
+	Poll time.Duration
+
+	mu      sync.Mutex
+	running map[types.UID]bool
+}
+
+// +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch
+// +kubebuilder:rbac:groups=handoff.dev,resources=migrations/status,verbs=get;patch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile starts the transfer of a Migration scheduled to this node, or
+// reports why it cannot. It blocks for the transfer (bounded by the
+// Migration's deadline); the manager runs several at once.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	mig := &v1alpha1.Migration{}
+	if err := r.Client.Get(ctx, req.NamespacedName, mig); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if mig.Labels[v1alpha1.NodeLabel] != r.Node || mig.Status.Phase.Final() || mig.Status.StartTime == nil ||
+		!meta.IsStatusConditionTrue(mig.Status.Conditions, v1alpha1.ConditionScheduled) {
+		return reconcile.Result{}, nil
+	}
+	x := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred)
+	if x != nil && x.Status != metav1.ConditionUnknown {
+		return reconcile.Result{}, nil
+	}
+	if !r.claim(mig.UID) {
+		return reconcile.Result{}, nil
+	}
+	defer r.unclaim(mig.UID)
+	if x != nil && x.Reason != v1alpha1.ReasonWaitingForProcesses {
+		// An earlier agent process started this transfer and died: the
+		// source resumed when it lost the agent, the target dropped what
+		// it had. Say so rather than start over behind the user's back.
+		return reconcile.Result{}, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed,
+			fmt.Sprintf("the node agent on %s restarted during the transfer (%s); the source resumed with all its sockets: create a new Migration to try again", r.Node, x.Reason))
+	}
+	deadline := mig.Status.StartTime.Add(mig.Spec.TimeoutOrDefault())
+	if !time.Now().Before(deadline) {
+		return reconcile.Result{}, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonDeadlineExceeded,
+			fmt.Sprintf("the deadline passed before the node agent on %s could start; nothing was moved", r.Node))
+	}
+	return reconcile.Result{}, r.run(ctx, mig, deadline)
+}
+
+func (r *Reconciler) claim(uid types.UID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running == nil {
+		r.running = map[types.UID]bool{}
+	}
+	if r.running[uid] {
+		return false
+	}
+	r.running[uid] = true
+	return true
+}
+
+func (r *Reconciler) unclaim(uid types.UID) {
+	r.mu.Lock()
+	delete(r.running, uid)
+	r.mu.Unlock()
+}
+
+// endpoint is one side of a Migration as found on this node.
+type endpoint struct {
+	role, pod, container string
+	statusID             string // runtime://id of the running container
+	session              admin.Session
+}
+
+func (e *endpoint) String() string {
+	return fmt.Sprintf("container %s of %s pod %s", e.container, e.role, e.pod)
+}
+
+// run waits for both processes, then performs the transfer.
+func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline time.Time) error {
+	logger := log.FromContext(ctx)
+	if mig.Spec.Target.Image != "" {
+		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed,
+			"in-place image updates (target.image) are not supported by this node agent yet; nothing was moved")
+	}
+	src := &endpoint{role: "source", pod: mig.Spec.Source.Pod, container: mig.Spec.Source.Container}
+	dst := &endpoint{role: "target", pod: mig.Spec.Target.Pod, container: mig.Spec.Target.Container}
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForProcesses,
+		fmt.Sprintf("waiting for the processes of %v and %v to join the agent socket", src, dst)); err != nil {
+		return err
+	}
+	poll := r.Poll
+	if poll <= 0 {
+		poll = DefaultPoll
+	}
+	var last error
+	for {
+		last = r.find(ctx, mig, src, dst)
+		if last == nil {
+			break
+		}
+		var fatal *fatalError
+		if errors.As(last, &fatal) {
+			return r.report(ctx, mig, metav1.ConditionFalse, fatal.reason, fatal.msg)
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
+				fmt.Sprintf("%v by the deadline; nothing was moved. Does the application link the handoff SDK, and does its pod mount the agent's socket directory?", last))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(wait, poll)):
+		}
+	}
+	mig.Status.SourceContainerID, mig.Status.TargetContainerID = src.statusID, dst.statusID
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
+		fmt.Sprintf("asking pid %d (%v) to freeze and export to pid %d (%v)", src.session.PID, src, dst.session.PID, dst)); err != nil {
+		return err
+	}
+
+	// Progress arrives on the transaction's goroutine, in the middle of
+	// the pause: hand it to a reporter rather than call the API there.
+	progress := make(chan string, 1)
+	reported := make(chan struct{})
+	go func() {
+		defer close(reported)
+		for msg := range progress {
+			if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonTransferring, msg); err != nil {
+				logger.Error(err, "report progress")
+			}
+		}
+	}()
+	sent := false
+	res, err := r.Agent.Migrate(src.session.ID, dst.session.ID, moveMask(&mig.Spec), time.Until(deadline), func(phase, msg string) {
+		if phase == "Transferring" && !sent {
+			sent = true
+			progress <- msg
+		}
+	})
+	close(progress)
+	<-reported
+	if err != nil {
+		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
+	}
+	mig.Status.Moved = &v1alpha1.Moved{Listeners: int32(res.Listeners), Connections: int32(res.Connections),
+		PacketSockets: int32(res.Packets), StateBytes: int64(res.StateBytes), Batches: int32(res.Batches)}
+	if res.Phase == nodeagent.PhaseCompleted {
+		mig.Status.Pause = &metav1.Duration{Duration: res.Pause()}
+		return r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
+			fmt.Sprintf("moved %d listeners, %d connections and %d packet sockets (%d state bytes) in %d batches; pause %v, whole transfer %v",
+				res.Listeners, res.Connections, res.Packets, res.StateBytes, res.Batches, res.Pause(), res.Duration()))
+	}
+	return r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Reason),
+		fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Reason, res.Message))
+}
+
+// fatalError is a lookup failure that waiting cannot fix.
+type fatalError struct{ reason, msg string }
+
+func (e *fatalError) Error() string { return e.msg }
+
+// find looks up both pods' running containers and the agent sessions the
+// kernel places in them.
+func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*endpoint) error {
+	sessions := r.Agent.Sessions()
+	for _, e := range eps {
+		pod := &corev1.Pod{}
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: e.pod}, pod)
+		if apierrors.IsNotFound(err) {
+			return &fatalError{v1alpha1.ReasonProcessNotFound, fmt.Sprintf("%s pod %s is gone from node %s; nothing was moved", e.role, e.pod, r.Node)}
+		}
+		if err != nil {
+			return fmt.Errorf("get %s pod %s/%s: %w", e.role, mig.Namespace, e.pod, err)
+		}
+		if pod.Spec.NodeName != r.Node {
+			return &fatalError{v1alpha1.ReasonContainerMismatch, fmt.Sprintf("%s pod %s runs on node %s, not on %s; nothing was moved", e.role, e.pod, pod.Spec.NodeName, r.Node)}
+		}
+		e.statusID = ""
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.Name == e.container && cs.State.Running != nil {
+				e.statusID = cs.ContainerID
+			}
+		}
+		if e.statusID == "" {
+			return fmt.Errorf("%v is not running", e)
+		}
+		var found []admin.Session
+		for _, s := range sessions {
+			id := podid.Identity{PodUID: s.PodUID, ContainerID: s.ContainerID, Runtime: s.Runtime}
+			if s.PodUID == string(pod.UID) && id.MatchesStatus(e.statusID) {
+				found = append(found, s)
+			}
+		}
+		switch {
+		case len(found) == 0:
+			return fmt.Errorf("no process of %v (%s) has joined the agent", e, e.statusID)
+		case len(found) > 1:
+			// Two processes in one container: prefer the one in the role's
+			// expected state (active source, standby target).
+			var pick []admin.Session
+			for _, s := range found {
+				if s.Standby == (e.role == "target") {
+					pick = append(pick, s)
+				}
+			}
+			if len(pick) != 1 {
+				return &fatalError{v1alpha1.ReasonContainerMismatch, fmt.Sprintf("%d processes of %v joined the agent and none stands out as the %s; nothing was moved", len(found), e, e.role)}
+			}
+			found = pick
+		}
+		e.session = found[0]
+	}
+	return nil
+}
+
+// moveMask turns spec.move into the protocol's mask.
+func moveMask(s *v1alpha1.MigrationSpec) uint32 {
+	var m uint32
+	if s.Moves(v1alpha1.MoveListeners) {
+		m |= wire.MoveListeners
+	}
+	if s.Moves(v1alpha1.MoveConnections) {
+		m |= wire.MoveConns
+	}
+	if s.Moves(v1alpha1.MovePacketSockets) {
+		m |= wire.MovePackets
+	}
+	return m
+}
+
+// failureReason maps the transaction's failure code to a condition reason.
+func failureReason(code string) string {
+	switch code {
+	case "TargetLost":
+		return v1alpha1.ReasonTargetLost
+	case "SourceLost":
+		return v1alpha1.ReasonSourceLost
+	case "DeadlineExceeded":
+		return v1alpha1.ReasonDeadlineExceeded
+	}
+	return v1alpha1.ReasonTransferFailed
+}
+
+// report applies the agent's part of the status with the Transferred
+// condition, and records an Event when the outcome is final.
+func (r *Reconciler) report(ctx context.Context, mig *v1alpha1.Migration, status metav1.ConditionStatus, reason, msg string) error {
+	meta.SetStatusCondition(&mig.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.ConditionTransferred, Status: status, Reason: reason, Message: msg, ObservedGeneration: mig.Generation,
+	})
+	log.FromContext(ctx).Info("transfer", "status", status, "reason", reason, "message", msg)
+	if r.Recorder != nil && status != metav1.ConditionUnknown {
+		kind := corev1.EventTypeNormal
+		if status == metav1.ConditionFalse {
+			kind = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(mig, nil, kind, reason, "Transfer", "%s", msg)
+	}
+	return migstatus.Agent.Apply(ctx, r.Client, mig)
+}

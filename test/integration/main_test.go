@@ -1,0 +1,334 @@
+// Package integration holds the user stories of the Migration API against
+// a real kube-apiserver and etcd (envtest, with binaries built from the Go
+// module proxy by hack/envtest-bins.sh): the controller and two node agents
+// run in this process, and the "containers" are real streamer processes
+// placed in real kubelet-shaped cgroups, serving real verifying clients.
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrlzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/controllers"
+	"github.com/handoff-dev/handoff/examples/streamer/server"
+	"github.com/handoff-dev/handoff/nodeagent"
+	"github.com/handoff-dev/handoff/nodeagent/kube"
+	"github.com/handoff-dev/handoff/nodeagent/podid"
+)
+
+// bound is how long any wait may take before it counts as a hang.
+const bound = 60 * time.Second
+
+const roleEnv = "HANDOFF_ITEST_ROLE"
+
+var (
+	cfg    *rest.Config
+	scheme = runtime.NewScheme()
+	k8s    client.Client
+	// skipWhy is set when the API server binaries are not there.
+	skipWhy string
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(roleEnv) == "streamer" {
+		runStreamer()
+		return
+	}
+	_ = clientgoscheme.AddToScheme(scheme)
+	_ = v1alpha1.AddToScheme(scheme)
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		skipWhy = "needs KUBEBUILDER_ASSETS naming kube-apiserver and etcd: run `make test` (it builds them with hack/envtest-bins.sh)"
+		os.Exit(m.Run())
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	var err error
+	cfg, err = env.Start()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "start kube-apiserver and etcd from %s: %v\n", assets, err)
+		os.Exit(1)
+	}
+	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "client: %v\n", err)
+		env.Stop()
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "stop envtest: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+// runStreamer is the child process: the example streamer, configured by
+// the environment, printing "serving" once it serves.
+func runStreamer() {
+	c := server.Config{Addr: os.Getenv("ITEST_ADDR"), Socket: os.Getenv("ITEST_SOCKET"), Standby: os.Getenv("ITEST_STANDBY") == "1",
+		Rate: 4096, Tick: 50 * time.Millisecond, StandbyTimeout: bound}
+	c.OnReady = func(i server.Info) { fmt.Printf("serving on %s imported=%d\n", i.Addr, i.Imported) }
+	c.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := server.Run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func needAPIServer(t *testing.T) {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+}
+
+// cluster is the controller plus one agent per node, all in this process.
+type cluster struct {
+	agents map[string]*nodeAgent
+	ctl    *controllers.MigrationReconciler
+}
+
+type nodeAgent struct {
+	node   string
+	socket string
+	agent  *nodeagent.Agent
+	mgr    ctrl.Manager
+	fault  atomic.Pointer[faultHook]
+}
+
+// faultHook runs fn once, on the transaction's goroutine, when the agent
+// reaches step.
+type faultHook struct {
+	step string
+	once sync.Once
+	fn   func()
+}
+
+// setFault arms a fault at step of na's next transactions, for this test.
+func setFault(t *testing.T, na *nodeAgent, step string, fn func()) {
+	na.fault.Store(&faultHook{step: step, fn: fn})
+	t.Cleanup(func() { na.fault.Store(nil) })
+}
+
+var (
+	clusterOnce sync.Once
+	theCluster  *cluster
+	clusterErr  error
+)
+
+// startCluster starts, once for the whole run, the controller and agents
+// for node-a and node-b; node-c exists but has no agent.
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	needAPIServer(t)
+	needCgroups(t)
+	clusterOnce.Do(func() { theCluster, clusterErr = newCluster(t) })
+	if clusterErr != nil {
+		t.Fatal(clusterErr)
+	}
+	return theCluster
+}
+
+func newCluster(t *testing.T) (*cluster, error) {
+	t.Helper()
+	ctx := context.Background() // lives for the whole test binary
+	for _, n := range []string{"node-a", "node-b", "node-c"} {
+		if err := k8s.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}); err != nil {
+			return nil, fmt.Errorf("create node %s: %w", n, err)
+		}
+	}
+	quiet := logr.Discard() // set HANDOFF_ITEST_LOG=1 to see the managers' and agents' logs
+	if os.Getenv("HANDOFF_ITEST_LOG") != "" {
+		quiet = ctrlzap.New(ctrlzap.WriteTo(os.Stderr), ctrlzap.UseDevMode(true))
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: quiet.WithName("controller"),
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	c := &cluster{agents: map[string]*nodeAgent{}, ctl: &controllers.MigrationReconciler{AgentGrace: 2 * time.Second}}
+	if err := c.ctl.SetupWithManager(ctx, mgr); err != nil {
+		return nil, err
+	}
+	go func() {
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "controller manager stopped: %v\n", err)
+		}
+	}()
+	dir, err := os.MkdirTemp("", "handoff-itest-")
+	if err != nil {
+		return nil, err
+	}
+	resolver := podid.NewResolver("")
+	for _, n := range []string{"node-a", "node-b"} {
+		na := &nodeAgent{node: n, socket: filepath.Join(dir, n, "agent.sock")}
+		na.agent = nodeagent.New(nodeagent.Config{Socket: na.socket, Log: quiet.WithName(n), Identify: resolver.Resolve,
+			Fault: func(step string) {
+				if h := na.fault.Load(); h != nil && h.step == step {
+					h.once.Do(h.fn)
+				}
+			}})
+		if err := na.agent.Listen(); err != nil {
+			return nil, fmt.Errorf("agent of %s: %w", n, err)
+		}
+		go na.agent.Serve(ctx)
+		na.mgr, err = ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: quiet.WithName(n), Cache: kube.CacheOptions(n),
+			Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+		if err != nil {
+			return nil, fmt.Errorf("agent manager of %s: %w", n, err)
+		}
+		if err := (&kube.Reconciler{Agent: na.agent, Node: n}).SetupWithManager(na.mgr); err != nil {
+			return nil, err
+		}
+		go func() {
+			if err := na.mgr.Start(ctx); err != nil {
+				fmt.Fprintf(os.Stderr, "agent manager of %s stopped: %v\n", n, err)
+			}
+		}()
+		c.agents[n] = na
+	}
+	return c, nil
+}
+
+// proc is a streamer child process standing in for a container.
+type proc struct {
+	cmd   *exec.Cmd
+	lines chan string
+	done  chan error
+}
+
+// pod creates a Running pod on node with one container named "app", and
+// a cgroup for that container; it returns the pod and the cgroup dir.
+func createPod(t *testing.T, ns, name, node string, hostNetwork bool) (*corev1.Pod, string) {
+	t.Helper()
+	ctx := context.Background()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.PodSpec{NodeName: node, HostNetwork: hostNetwork,
+			Containers: []corev1.Container{{Name: "app", Image: "handoff/streamer:v1"}}},
+	}
+	if err := k8s.Create(ctx, pod); err != nil {
+		t.Fatalf("create pod %s: %v", name, err)
+	}
+	dir, id := containerCgroup(t, needCgroups(t), string(pod.UID))
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{
+		Name: "app", Ready: true, Image: "handoff/streamer:v1", ImageID: "sha256:" + strings.Repeat("0", 64),
+		ContainerID: "containerd://" + id,
+		State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
+	}}}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatalf("set status of pod %s: %v", name, err)
+	}
+	return pod, dir
+}
+
+// startStreamer starts a streamer child inside cgroup dir, joined to the
+// agent socket, and waits until it serves (an active one) or has joined
+// (standby: it prints nothing until it has imported).
+func startStreamer(t *testing.T, cgroupDir, socket, addr string, standby bool) *proc {
+	t.Helper()
+	cg, err := os.Open(cgroupDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	sb := "0"
+	if standby {
+		sb = "1"
+	}
+	cmd.Env = append(os.Environ(), roleEnv+"=streamer", "ITEST_ADDR="+addr, "ITEST_SOCKET="+socket, "ITEST_STANDBY="+sb)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr io.Writer = io.Discard
+	if os.Getenv("HANDOFF_ITEST_LOG") != "" {
+		stderr = os.Stderr
+	}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start streamer in %s: %v", cgroupDir, err)
+	}
+	p := &proc{cmd: cmd, lines: make(chan string, 16), done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for range p.lines {
+		}
+		<-p.done
+	})
+	if !standby {
+		p.waitLine(t, "serving on")
+	}
+	return p
+}
+
+func (p *proc) waitLine(t *testing.T, substr string) string {
+	t.Helper()
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("streamer pid %d exited before printing %q", p.cmd.Process.Pid, substr)
+			}
+			if strings.Contains(l, substr) {
+				return l
+			}
+		case <-timer.C:
+			t.Fatalf("streamer pid %d did not print %q within %v", p.cmd.Process.Pid, substr, bound)
+		}
+	}
+}
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
