@@ -156,12 +156,25 @@ func (a *Agent) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	stop := context.AfterFunc(ctx, func() { a.ln.Close() })
+	lnClosed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		a.ln.Close()
+		close(lnClosed)
+	})
 	defer stop()
 	for {
 		uc, err := a.ln.AcceptUnix()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				// Accept fails as soon as Close begins, but the descriptor
+				// is released only when Close returns: wait for it, so
+				// that nothing of the agent is left open once Serve
+				// returns.
+				if stop() {
+					a.ln.Close()
+				} else {
+					<-lnClosed
+				}
 				a.shutdown()
 				return nil
 			}
