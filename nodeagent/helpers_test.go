@@ -137,6 +137,23 @@ func fdCount(t *testing.T) int {
 	return len(ents)
 }
 
+// fdList describes the process's descriptors, for failure messages.
+func fdList() string {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err.Error()
+	}
+	var l []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue // the directory's own descriptor, closed by now
+		}
+		l = append(l, e.Name()+"→"+target)
+	}
+	return strings.Join(l, " ")
+}
+
 // waitFDs waits until the process has exactly want descriptors: the agent
 // closes a session's socket and pidfd on its own goroutine, so the count
 // settles shortly after the peer sees the close. Bounded, never slept on.
@@ -149,7 +166,7 @@ func waitFDs(t *testing.T, want int, what string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d descriptors open, want %d (%+d)", what, got, want, got-want)
+			t.Fatalf("%s: %d descriptors open, want %d (%+d): %s", what, got, want, got-want, fdList())
 		}
 		time.Sleep(time.Millisecond) // polling interval of a bounded condition wait
 	}
