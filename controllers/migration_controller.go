@@ -186,14 +186,18 @@ func checkPod(role string, pod *corev1.Pod, container string) (string, string) {
 // schedule stamps the node label (the agents' cache selects on it), then
 // records the scheduling in the status.
 func (r *MigrationReconciler) schedule(ctx context.Context, mig *v1alpha1.Migration, node string) error {
+	// Patch a copy: the answer carries the stored status, which would
+	// overwrite the conditions this reconcile has set but not written.
+	obj := mig.DeepCopy()
 	patch := ctrl.MergeFrom(mig.DeepCopy())
-	if mig.Labels == nil {
-		mig.Labels = map[string]string{}
+	if obj.Labels == nil {
+		obj.Labels = map[string]string{}
 	}
-	mig.Labels[v1alpha1.NodeLabel] = node
-	if err := r.Client.Patch(ctx, mig, patch, ctrl.FieldOwner(v1alpha1.ControllerFieldManager)); err != nil {
+	obj.Labels[v1alpha1.NodeLabel] = node
+	if err := r.Client.Patch(ctx, obj, patch, ctrl.FieldOwner(v1alpha1.ControllerFieldManager)); err != nil {
 		return fmt.Errorf("label migration %s/%s with node %s: %w", mig.Namespace, mig.Name, node, err)
 	}
+	mig.Labels, mig.ResourceVersion = obj.Labels, obj.ResourceVersion
 	return r.markScheduled(mig, node)
 }
 
@@ -334,7 +338,13 @@ func (r *MigrationReconciler) writeStatus(ctx context.Context, before, mig *v1al
 	if equality.Semantic.DeepEqual(old, cur) {
 		return nil
 	}
-	if err := migstatus.Controller.Apply(ctx, r.Client, mig); err != nil {
+	// Apply only over what this reconcile read: a cache that lags behind
+	// our own last write could otherwise turn a final phase back.
+	if err := migstatus.Controller.ApplyIfUnchanged(ctx, r.Client, mig); err != nil {
+		if apierrors.IsConflict(err) {
+			log.FromContext(ctx).V(1).Info("status changed since read; retrying", "migration", ctrl.ObjectKeyFromObject(mig))
+			return nil // the change that conflicted requeues us
+		}
 		return err
 	}
 	log.FromContext(ctx).Info("migration status", "phase", s.Phase, "reason", s.Reason, "message", s.Message)

@@ -84,14 +84,28 @@ func (o Owner) Owned(st *v1alpha1.MigrationStatus) (map[string]any, error) {
 // Apply writes o's part of mig.Status with server-side apply, forcing
 // ownership of those fields only.
 func (o Owner) Apply(ctx context.Context, c client.Client, mig *v1alpha1.Migration) error {
+	return o.apply(ctx, c, mig, "")
+}
+
+// ApplyIfUnchanged is Apply with mig's resourceVersion as a precondition:
+// it fails with a Conflict if the object changed since it was read.
+func (o Owner) ApplyIfUnchanged(ctx context.Context, c client.Client, mig *v1alpha1.Migration) error {
+	return o.apply(ctx, c, mig, mig.ResourceVersion)
+}
+
+func (o Owner) apply(ctx context.Context, c client.Client, mig *v1alpha1.Migration, rv string) error {
 	st, err := o.Owned(&mig.Status)
 	if err != nil {
 		return fmt.Errorf("migration %s/%s: %w", mig.Namespace, mig.Name, err)
 	}
+	md := map[string]any{"name": mig.Name, "namespace": mig.Namespace}
+	if rv != "" {
+		md["resourceVersion"] = rv
+	}
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": v1alpha1.GroupVersion.String(),
 		"kind":       "Migration",
-		"metadata":   map[string]any{"name": mig.Name, "namespace": mig.Namespace},
+		"metadata":   md,
 		"status":     st,
 	}}
 	if err := c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(o.FieldManager), client.ForceOwnership); err != nil {

@@ -48,9 +48,17 @@ type Reconciler struct {
 	Recorder events.EventRecorder
 	// Poll defaults to DefaultPoll.
 	Poll time.Duration
+	// ControllerName defaults to "nodeagent-migration"; controller names
+	// must be unique in a process (tests run several agents in one).
+	ControllerName string
+
+	// Reader reads a Migration past the cache before the agent declares
+	// that an earlier agent process died mid-transfer; nil uses Client.
+	Reader client.Reader
 
 	mu      sync.Mutex
 	running map[types.UID]bool
+	done    map[types.UID]bool // ran to an outcome in this process
 }
 
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch
@@ -79,9 +87,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	defer r.unclaim(mig.UID)
 	if x != nil && x.Reason != v1alpha1.ReasonWaitingForProcesses {
-		// An earlier agent process started this transfer and died: the
-		// source resumed when it lost the agent, the target dropped what
-		// it had. Say so rather than start over behind the user's back.
+		// Either the cache is behind our own final report, or an earlier
+		// agent process started this transfer and died: then the source
+		// resumed when it lost the agent, and the target dropped what it
+		// had. Read past the cache, and say so rather than start over
+		// behind the user's back.
+		fresh := &v1alpha1.Migration{}
+		if err := r.reader().Get(ctx, req.NamespacedName, fresh); err != nil {
+			return reconcile.Result{}, client.IgnoreNotFound(err)
+		}
+		if x := meta.FindStatusCondition(fresh.Status.Conditions, v1alpha1.ConditionTransferred); x == nil || x.Status != metav1.ConditionUnknown || fresh.Status.Phase.Final() {
+			return reconcile.Result{}, nil
+		}
+		mig = fresh
 		return reconcile.Result{}, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed,
 			fmt.Sprintf("the node agent on %s restarted during the transfer (%s); the source resumed with all its sockets: create a new Migration to try again", r.Node, x.Reason))
 	}
@@ -93,13 +111,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{}, r.run(ctx, mig, deadline)
 }
 
+func (r *Reconciler) reader() client.Reader {
+	if r.Reader != nil {
+		return r.Reader
+	}
+	return r.Client
+}
+
+// claim marks a Migration as this process's to run, unless it runs or ran
+// here already (the cache may still show it unfinished after our report).
 func (r *Reconciler) claim(uid types.UID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.running == nil {
-		r.running = map[types.UID]bool{}
+		r.running, r.done = map[types.UID]bool{}, map[types.UID]bool{}
 	}
-	if r.running[uid] {
+	if r.running[uid] || r.done[uid] {
 		return false
 	}
 	r.running[uid] = true
@@ -109,6 +136,7 @@ func (r *Reconciler) claim(uid types.UID) bool {
 func (r *Reconciler) unclaim(uid types.UID) {
 	r.mu.Lock()
 	delete(r.running, uid)
+	r.done[uid] = true
 	r.mu.Unlock()
 }
 

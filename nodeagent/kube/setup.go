@@ -35,11 +35,18 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Client == nil {
 		r.Client = mgr.GetClient()
 	}
+	if r.Reader == nil {
+		r.Reader = mgr.GetAPIReader()
+	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(Name)
 	}
+	name := r.ControllerName
+	if name == "" {
+		name = "nodeagent-migration"
+	}
 	return ctrl.NewControllerManagedBy(mgr).
-		Named("nodeagent-migration").
+		Named(name).
 		For(&v1alpha1.Migration{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: MaxConcurrent}).
 		Complete(r)

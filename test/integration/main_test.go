@@ -84,7 +84,9 @@ func TestMain(m *testing.M) {
 		env.Stop()
 		os.Exit(1)
 	}
+	ctrl.SetLogger(logr.Discard())
 	code := m.Run()
+	stopCluster() // the managers' watches would keep the API server from stopping
 	if err := env.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "stop envtest: %v\n", err)
 	}
@@ -98,6 +100,11 @@ func runStreamer() {
 		Rate: 4096, Tick: 50 * time.Millisecond, StandbyTimeout: bound}
 	c.OnReady = func(i server.Info) { fmt.Printf("serving on %s imported=%d\n", i.Addr, i.Imported) }
 	c.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	c.OnExit = func(s server.Summary) {
+		if s.MovedAway {
+			fmt.Printf("moved away: moved=%d\n", s.Moved)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := server.Run(ctx, c); err != nil {
@@ -160,9 +167,14 @@ func startCluster(t *testing.T) *cluster {
 	return theCluster
 }
 
+// stopCluster stops the managers and agents, once every test ran.
+var stopCluster = func() {}
+
 func newCluster(t *testing.T) (*cluster, error) {
 	t.Helper()
-	ctx := context.Background() // lives for the whole test binary
+	ctx, cancel := context.WithCancel(context.Background()) // lives for the whole test binary
+	var wg sync.WaitGroup
+	stopCluster = func() { cancel(); wg.Wait() }
 	for _, n := range []string{"node-a", "node-b", "node-c"} {
 		if err := k8s.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}); err != nil {
 			return nil, fmt.Errorf("create node %s: %w", n, err)
@@ -181,7 +193,9 @@ func newCluster(t *testing.T) (*cluster, error) {
 	if err := c.ctl.SetupWithManager(ctx, mgr); err != nil {
 		return nil, err
 	}
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		if err := mgr.Start(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "controller manager stopped: %v\n", err)
 		}
@@ -202,16 +216,19 @@ func newCluster(t *testing.T) (*cluster, error) {
 		if err := na.agent.Listen(); err != nil {
 			return nil, fmt.Errorf("agent of %s: %w", n, err)
 		}
-		go na.agent.Serve(ctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); na.agent.Serve(ctx) }()
 		na.mgr, err = ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: quiet.WithName(n), Cache: kube.CacheOptions(n),
 			Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
 		if err != nil {
 			return nil, fmt.Errorf("agent manager of %s: %w", n, err)
 		}
-		if err := (&kube.Reconciler{Agent: na.agent, Node: n}).SetupWithManager(na.mgr); err != nil {
+		if err := (&kube.Reconciler{Agent: na.agent, Node: n, ControllerName: "nodeagent-" + n}).SetupWithManager(na.mgr); err != nil {
 			return nil, err
 		}
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			if err := na.mgr.Start(ctx); err != nil {
 				fmt.Fprintf(os.Stderr, "agent manager of %s stopped: %v\n", n, err)
 			}
