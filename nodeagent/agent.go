@@ -76,6 +76,7 @@ type Agent struct {
 
 	mu       sync.Mutex
 	sessions map[uint64]*session
+	admins   map[*session]struct{} // closed on shutdown like sessions
 	store    map[storeKey]*stored
 	nextID   uint64
 	nextTx   uint64
@@ -107,7 +108,7 @@ func New(cfg Config) *Agent {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, store: map[storeKey]*stored{}}
+	a := &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, admins: map[*session]struct{}{}, store: map[storeKey]*stored{}}
 	a.joined = sync.NewCond(&a.mu)
 	return a
 }
@@ -201,6 +202,9 @@ func (a *Agent) shutdown() {
 	a.joined.Broadcast()
 	ss := make([]*session, 0, len(a.sessions))
 	for _, s := range a.sessions {
+		ss = append(ss, s)
+	}
+	for s := range a.admins {
 		ss = append(ss, s)
 	}
 	st := a.store
@@ -306,6 +310,20 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 			_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeRefused, Reason: fmt.Sprintf("uid %d may not administer this agent (root or uid %d only)", peer.UID, os.Getuid())}.Marshal()})
 			return
 		}
+		// Listed so that shutdown closes it: an idle administrator
+		// must not keep a stopping agent alive.
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return
+		}
+		a.admins[s] = struct{}{}
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			delete(a.admins, s)
+			a.mu.Unlock()
+		}()
 		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeWelcome}, Body: wire.Welcome{Version: uint16(v), PID: uint32(peer.PID)}.Marshal()})
 		a.serveAdmin(s)
 		return
