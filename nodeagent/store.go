@@ -15,6 +15,7 @@ import (
 type storeKey struct {
 	name string
 	uid  uint32
+	pod  string // the pod UID under Kubernetes: a restart stays in its pod
 }
 
 // stored is the agent's fd store entry for one restarting process: the
@@ -27,6 +28,9 @@ type stored struct {
 	timer   *time.Timer
 	claimed bool
 	gone    bool
+	// delivered, if set, hears the entry's final outcome: its delivery, or
+	// its discard.
+	delivered func(admin.Result)
 }
 
 func (e *stored) fds() int {
@@ -54,11 +58,15 @@ func (e *stored) discard(a *Agent, why string) {
 	a.m.storedFDs.Sub(float64(n))
 	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
 		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
+	if e.delivered != nil {
+		e.delivered(admin.Result{Phase: PhaseFailed, Reason: "NotClaimed", Message: fmt.Sprintf("stored descriptors closed: %s", why),
+			Listeners: int(e.sum.Listeners), Connections: int(e.sum.Conns), Packets: int(e.sum.Packets)})
+	}
 }
 
 // claimStored reserves the store entry s may claim. Called with a.mu held.
 func (a *Agent) claimStored(s *session) *stored {
-	e := a.store[storeKey{s.name, s.peer.UID}]
+	e := a.store[storeKey{s.name, s.peer.UID, s.ident.PodUID}]
 	if e == nil || e.claimed {
 		return nil
 	}
@@ -82,8 +90,27 @@ func (a *Agent) release(e *stored) {
 }
 
 // StoreFrom moves session from's sockets into the agent's fd store, where
-// the next process with the same name and uid claims them, for up to hold.
+// the next process with the same name and uid (and, under Kubernetes, in
+// the same pod) claims them, for up to hold.
 func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration, progress func(phase, msg string)) (admin.Result, error) {
+	return a.StoreFromWith(from, what, timeout, hold, progress, StoreOptions{})
+}
+
+// StoreOptions are the hooks of StoreFromWith.
+type StoreOptions struct {
+	// BeforeReady runs once the store holds every descriptor and before
+	// the source is told to let go; an error aborts, and the source
+	// resumes. The Kubernetes agent patches the container's image here,
+	// so the restart cannot begin before the descriptors are safe.
+	BeforeReady func() error
+	// Delivered hears the final outcome of the stored descriptors: a
+	// Completed result when a new process took them, a Failed one when
+	// they were closed unclaimed. It runs on the agent's goroutines.
+	Delivered func(admin.Result)
+}
+
+// StoreFromWith is StoreFrom with hooks.
+func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Duration, progress func(phase, msg string), opts StoreOptions) (admin.Result, error) {
 	if progress == nil {
 		progress = func(string, string) {}
 	}
@@ -96,7 +123,7 @@ func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration,
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("source session %d: %w", from, ErrNoSession)
 	}
-	key := storeKey{src.name, src.peer.UID}
+	key := storeKey{src.name, src.peer.UID, src.ident.PodUID}
 	if _, ok := a.store[key]; ok {
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("descriptors are already stored for name %q uid %d: %w", key.name, key.uid, ErrBusy)
@@ -109,12 +136,13 @@ func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration,
 	a.mu.Unlock()
 	defer t.finish(src)
 	t.log = t.log.WithValues("source", src.id, "target", "store")
-	res, e := t.collect(src, what, timeout, progress)
+	res, e := t.collect(src, what, timeout, progress, opts.BeforeReady)
 	a.record(t.log, res)
 	if e == nil {
 		return res, nil
 	}
 	e.expires = time.Now().Add(hold)
+	e.delivered = opts.Delivered
 	a.mu.Lock()
 	a.store[key] = e
 	a.m.storedFDs.Add(float64(e.fds()))
@@ -134,7 +162,7 @@ func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration,
 	var waiting *session
 	for _, s := range a.sessions {
 		s.mu.Lock()
-		ok := s.standby && s.tx == nil && s.name == key.name && s.peer.UID == key.uid
+		ok := s.standby && s.tx == nil && s.name == key.name && s.peer.UID == key.uid && s.ident.PodUID == key.pod
 		s.mu.Unlock()
 		if ok && (waiting == nil || s.id < waiting.id) {
 			waiting = s
@@ -153,10 +181,10 @@ func (a *Agent) StoreFrom(from uint64, what uint32, timeout, hold time.Duration,
 
 // collect runs a source → store transaction; the agent plays the target
 // on the pair.
-func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string)) (admin.Result, *stored) {
+func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string), beforeReady func() error) (admin.Result, *stored) {
 	start := time.Now()
 	res := admin.Result{TxID: t.id, From: src.id}
-	e := &stored{key: storeKey{src.name, src.peer.UID}}
+	e := &stored{key: storeKey{src.name, src.peer.UID, src.ident.PodUID}}
 	fail := func(f *wire.Failure) (admin.Result, *stored) {
 		for i := range e.batches {
 			e.batches[i].CloseFDs()
@@ -214,6 +242,11 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 				}
 				if err := rc.matches(e.sum); err != nil {
 					return abort(failure(wire.CodeMalformed, "bad exported: %v", err))
+				}
+				if beforeReady != nil {
+					if err := beforeReady(); err != nil {
+						return abort(failure(wire.CodeCancelled, "before the source let go: %v", err))
+					}
 				}
 				if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: t.id}, Body: e.sum.Marshal()}); err != nil {
 					return abort(failure(wire.CodeSourceLost, "tell the source the store is ready: %v", err))
@@ -282,6 +315,9 @@ func (a *Agent) startDelivery(s *session, e *stored) {
 		defer t.finish(s)
 		res := t.deliverStored(s, e)
 		a.record(t.log, res)
+		if res.Phase == PhaseCompleted && e.delivered != nil {
+			e.delivered(res)
+		}
 	}()
 }
 

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,7 +64,7 @@ type Reconciler struct {
 
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations/status,verbs=get;patch
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile starts the transfer of a Migration scheduled to this node, or
@@ -154,14 +155,15 @@ func (e *endpoint) String() string {
 // run waits for both processes, then performs the transfer.
 func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline time.Time) error {
 	logger := log.FromContext(ctx)
-	if mig.Spec.Target.Image != "" {
-		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed,
-			"in-place image updates (target.image) are not supported by this node agent yet; nothing was moved")
-	}
 	src := &endpoint{role: "source", pod: mig.Spec.Source.Pod, container: mig.Spec.Source.Container}
 	dst := &endpoint{role: "target", pod: mig.Spec.Target.Pod, container: mig.Spec.Target.Container}
-	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForProcesses,
-		fmt.Sprintf("waiting for the processes of %v and %v to join the agent socket", src, dst)); err != nil {
+	eps := []*endpoint{src, dst}
+	waiting := fmt.Sprintf("waiting for the processes of %v and %v to join the agent socket", src, dst)
+	if mig.Spec.Target.Image != "" {
+		eps = eps[:1]
+		waiting = fmt.Sprintf("waiting for the process of %v to join the agent socket", src)
+	}
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForProcesses, waiting); err != nil {
 		return err
 	}
 	poll := r.Poll
@@ -170,7 +172,7 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 	}
 	var last error
 	for {
-		last = r.find(ctx, mig, src, dst)
+		last = r.find(ctx, mig, eps...)
 		if last == nil {
 			break
 		}
@@ -188,6 +190,9 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 			return ctx.Err()
 		case <-time.After(min(wait, poll)):
 		}
+	}
+	if mig.Spec.Target.Image != "" {
+		return r.restartInPlace(ctx, mig, src, deadline)
 	}
 	mig.Status.SourceContainerID, mig.Status.TargetContainerID = src.statusID, dst.statusID
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
@@ -229,6 +234,82 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 	}
 	return r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Reason),
 		fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Reason, res.Message))
+}
+
+// restartInPlace updates the container's image while the agent holds its
+// sockets: the source exports into the agent's store; only then, before
+// the source lets go, the agent patches the image (so the container cannot
+// restart with the old one, and a failed patch aborts with the source
+// serving on); kubelet restarts the container, and its new process, in the
+// same pod with the same name and uid, claims the sockets.
+func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration, src *endpoint, deadline time.Time) error {
+	mig.Status.SourceContainerID = src.statusID
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
+		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
+		return err
+	}
+	patched := false
+	patch := func() error {
+		pod := &corev1.Pod{}
+		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
+			return fmt.Errorf("get pod %s/%s: %w", mig.Namespace, src.pod, err)
+		}
+		orig := pod.DeepCopy()
+		for i := range pod.Spec.Containers {
+			if pod.Spec.Containers[i].Name == src.container {
+				pod.Spec.Containers[i].Image = mig.Spec.Target.Image
+			}
+		}
+		if err := r.Client.Patch(ctx, pod, client.StrategicMergeFrom(orig, client.MergeFromWithOptimisticLock{}), client.FieldOwner(v1alpha1.AgentFieldManager)); err != nil {
+			return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
+		}
+		patched = true
+		return nil
+	}
+	outcome := make(chan admin.Result, 1)
+	start := time.Now()
+	hold := max(time.Until(deadline), nodeagent.DefaultStoreHold)
+	res, err := r.Agent.StoreFromWith(src.session.ID, moveMask(&mig.Spec), time.Until(deadline), hold, nil,
+		nodeagent.StoreOptions{BeforeReady: patch, Delivered: func(res admin.Result) { outcome <- res }})
+	if err != nil {
+		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
+	}
+	if res.Phase != nodeagent.PhaseCompleted {
+		reason := failureReason(res.Reason)
+		if !patched && strings.Contains(res.Message, "set the image") {
+			reason = v1alpha1.ReasonImageUpdateFailed
+		}
+		return r.report(ctx, mig, metav1.ConditionFalse, reason, fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Reason, res.Message))
+	}
+	mig.Status.Moved = &v1alpha1.Moved{Listeners: int32(res.Listeners), Connections: int32(res.Connections),
+		PacketSockets: int32(res.Packets), StateBytes: int64(res.StateBytes), Batches: int32(res.Batches)}
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonTransferring,
+		fmt.Sprintf("the node agent holds %d listeners, %d connections and %d packet sockets while container %s restarts with image %s",
+			res.Listeners, res.Connections, res.Packets, src.container, mig.Spec.Target.Image)); err != nil {
+		return err
+	}
+	var got admin.Result
+	select {
+	case got = <-outcome:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if got.Phase != nodeagent.PhaseCompleted {
+		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
+			fmt.Sprintf("no restarted process of %v claimed the sockets: %s. Its clients were disconnected", src, got.Message))
+	}
+	for _, s := range r.Agent.Sessions() {
+		if s.ID == got.To && s.ContainerID != "" {
+			mig.Status.TargetContainerID = s.ContainerID
+			if s.Runtime != "" {
+				mig.Status.TargetContainerID = s.Runtime + "://" + s.ContainerID
+			}
+		}
+	}
+	mig.Status.Pause = &metav1.Duration{Duration: time.Since(start)}
+	return r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
+		fmt.Sprintf("container %s restarted with image %s and took over %d listeners, %d connections and %d packet sockets; pause %v (the restart included)",
+			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration))
 }
 
 // fatalError is a lookup failure that waiting cannot fix.

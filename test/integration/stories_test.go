@@ -433,3 +433,71 @@ func containsMig(list v1alpha1.MigrationList, m *v1alpha1.Migration) bool {
 	}
 	return false
 }
+
+// TestInPlaceImageUpdate: target.image restarts one container with a new
+// image while the agent holds its sockets; the restarted process claims
+// them and the clients, which connected to the pod, keep every byte. The
+// test plays kubelet: it waits for the agent's image patch, lets the old
+// process exit, and starts the new one in a new container cgroup of the
+// same pod.
+func TestInPlaceImageUpdate(t *testing.T) {
+	c := startCluster(t)
+	ns := namespace(t)
+	agent := c.agents["node-a"]
+	pod, cg := createPod(t, ns, "solo", "node-a", false)
+	oldID := pod.Status.ContainerStatuses[0].ContainerID
+	addr := freeAddr(t)
+	src := startStreamer(t, cg, agent.socket, addr, false)
+	const streams = 20
+	lc := startClients(t, addr, streams)
+	mark := lc.Mark()
+
+	mig := migration(ns, "upgrade", "solo", "solo", 30*time.Second)
+	mig.Spec.Target.Image = "handoff/streamer:v2"
+	if err := k8s.Create(context.Background(), mig); err != nil {
+		t.Fatalf("create migration: %v", err)
+	}
+	// kubelet sees the new image only once the sockets are safe.
+	deadline := time.Now().Add(bound)
+	for {
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), pod); err != nil {
+			t.Fatal(err)
+		}
+		if pod.Spec.Containers[0].Image == mig.Spec.Target.Image {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never patched the image: %+v", pod.Spec.Containers)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+	}
+	src.waitLine(t, "moved away")
+	if err := <-src.done; err != nil {
+		t.Fatalf("the old process did not exit cleanly after it let go: %v", err)
+	}
+	src.done <- nil // for its cleanup
+	dir, id := containerCgroup(t, needCgroups(t), string(pod.UID))
+	newID := "containerd://" + id
+	pod.Status.ContainerStatuses[0].ContainerID = newID
+	pod.Status.ContainerStatuses[0].Image = mig.Spec.Target.Image
+	pod.Status.ContainerStatuses[0].RestartCount = 1
+	if err := k8s.Status().Update(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	dst := startStreamer(t, dir, agent.socket, addr, false)
+	_ = dst
+
+	got := waitFinal(t, mig, v1alpha1.PhaseCompleted, v1alpha1.ReasonTransferred)
+	t.Logf("in-place update: pause %v (restart included), moved %+v", got.Status.Pause, got.Status.Moved)
+	if got.Status.SourceContainerID != oldID || got.Status.TargetContainerID != newID {
+		t.Errorf("container IDs %s → %s, want %s → %s", got.Status.SourceContainerID, got.Status.TargetContainerID, oldID, newID)
+	}
+	if got.Status.Moved == nil || got.Status.Moved.Connections < streams || got.Status.Moved.Listeners != 1 {
+		t.Errorf("moved %+v, want 1 listener and at least %d connections", got.Status.Moved, streams)
+	}
+	checkClients(t, lc, mark)
+	waitEvent(t, got, v1alpha1.ReasonSourceKept)
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(pod), pod); err != nil || pod.DeletionTimestamp != nil {
+		t.Errorf("the pod was deleted after an in-place update: %v", err)
+	}
+}
