@@ -36,6 +36,7 @@ func (r *MigrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 		Named("migration").
 		For(&v1alpha1.Migration{}).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.migrationsOfPod)).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.migrationsOfNode)).
 		Complete(r)
 }
 
@@ -47,6 +48,22 @@ func (r *MigrationReconciler) migrationsOfPod(ctx context.Context, o client.Obje
 	var reqs []reconcile.Request
 	for _, m := range list.Items {
 		if !m.Status.Phase.Final() || m.Status.Phase == v1alpha1.PhaseCompleted {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&m)})
+		}
+	}
+	return reqs
+}
+
+// migrationsOfNode wakes the unfinished Migrations scheduled to a node, so
+// that a deleted node fails them at once.
+func (r *MigrationReconciler) migrationsOfNode(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1alpha1.MigrationList
+	if err := r.Client.List(ctx, &list, client.MatchingLabels{v1alpha1.NodeLabel: o.GetName()}); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, m := range list.Items {
+		if !m.Status.Phase.Final() {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&m)})
 		}
 	}

@@ -501,3 +501,37 @@ func TestInPlaceImageUpdate(t *testing.T) {
 		t.Errorf("the pod was deleted after an in-place update: %v", err)
 	}
 }
+
+// TestNodeDeleted: the node of a scheduled Migration is deleted; the
+// controller fails it at once, without waiting for the deadline.
+func TestNodeDeleted(t *testing.T) {
+	startCluster(t)
+	ns := namespace(t)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-gone-" + ns}}
+	if err := k8s.Create(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, ns, "a", node.Name, true)
+	createPod(t, ns, "b", node.Name, true)
+	mig := migration(ns, "stranded", "a", "b", time.Hour)
+	if err := k8s.Create(context.Background(), mig); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(bound)
+	for mig.Status.Phase != v1alpha1.PhaseScheduled {
+		if time.Now().After(deadline) {
+			t.Fatalf("not scheduled: %+v", mig.Status)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(mig), mig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k8s.Delete(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFinal(t, mig, v1alpha1.PhaseFailed, v1alpha1.ReasonNodeNotFound)
+	if !strings.Contains(got.Status.Message, node.Name) {
+		t.Errorf("message %q does not name the node", got.Status.Message)
+	}
+}
