@@ -18,6 +18,34 @@ import (
 	"github.com/handoff-dev/handoff/internal/loadclient"
 )
 
+// streamerPair creates hostNetwork pods "old" and "new" on na's node, an
+// active streamer in the first and a standby one in the second, both
+// joined to na.
+func streamerPair(t *testing.T, na *nodeAgent, ns string) (addr string, src, dst *proc) {
+	t.Helper()
+	_, srcCg := createPod(t, ns, "old", na.node, true)
+	_, dstCg := createPod(t, ns, "new", na.node, true)
+	addr = freeAddr(t)
+	src = startStreamer(t, srcCg, na.socket, addr, false)
+	dst = startStreamer(t, dstCg, na.socket, addr, true)
+	return addr, src, dst
+}
+
+// waitScheduled waits until the controller scheduled mig.
+func waitScheduled(t *testing.T, mig *v1alpha1.Migration) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for mig.Status.Phase != v1alpha1.PhaseScheduled {
+		if time.Now().After(deadline) {
+			t.Fatalf("not scheduled: %+v", mig.Status)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(mig), mig); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // namespace creates a namespace for one test.
 func namespace(t *testing.T) string {
 	t.Helper()
@@ -123,11 +151,7 @@ func TestHappyPath(t *testing.T) {
 	c := startCluster(t)
 	ns := namespace(t)
 	agent := c.agents["node-a"]
-	_, srcCg := createPod(t, ns, "old", "node-a", true)
-	_, dstCg := createPod(t, ns, "new", "node-a", true)
-	addr := freeAddr(t)
-	src := startStreamer(t, srcCg, agent.socket, addr, false)
-	dst := startStreamer(t, dstCg, agent.socket, addr, true)
+	addr, src, dst := streamerPair(t, agent, ns)
 	const streams = 40
 	lc := startClients(t, addr, streams)
 	mark := lc.Mark()
@@ -256,11 +280,7 @@ func TestTargetCrash(t *testing.T) {
 	c := startCluster(t)
 	ns := namespace(t)
 	agent := c.agents["node-a"]
-	_, srcCg := createPod(t, ns, "old", "node-a", true)
-	_, dstCg := createPod(t, ns, "new", "node-a", true)
-	addr := freeAddr(t)
-	src := startStreamer(t, srcCg, agent.socket, addr, false)
-	dst := startStreamer(t, dstCg, agent.socket, addr, true)
+	addr, src, dst := streamerPair(t, agent, ns)
 	lc := startClients(t, addr, 20)
 	// Kill the target when the first batch has been relayed to it.
 	killed := make(chan struct{})
@@ -356,16 +376,7 @@ func TestImmutableOnceScheduled(t *testing.T) {
 	if err := k8s.Create(context.Background(), mig); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(bound)
-	for mig.Status.Phase != v1alpha1.PhaseScheduled {
-		if time.Now().After(deadline) {
-			t.Fatalf("not scheduled: %+v", mig.Status)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
-		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(mig), mig); err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitScheduled(t, mig)
 	mig.Spec.Timeout = &metav1.Duration{Duration: 40 * time.Second}
 	err := k8s.Update(context.Background(), mig)
 	if err == nil || !strings.Contains(err.Error(), "spec is immutable once the migration is scheduled") {
@@ -379,12 +390,7 @@ func TestImmutableOnceScheduled(t *testing.T) {
 func TestAgentsOnlySeeTheirNode(t *testing.T) {
 	c := startCluster(t)
 	ns := namespace(t)
-	b := c.agents["node-b"]
-	_, srcCg := createPod(t, ns, "old", "node-b", true)
-	_, dstCg := createPod(t, ns, "new", "node-b", true)
-	addr := freeAddr(t)
-	startStreamer(t, srcCg, b.socket, addr, false)
-	startStreamer(t, dstCg, b.socket, addr, true)
+	addr, _, _ := streamerPair(t, c.agents["node-b"], ns)
 	lc := startClients(t, addr, 10)
 	mark := lc.Mark()
 	mig := migration(ns, "on-b", "old", "new", 30*time.Second)
@@ -517,16 +523,7 @@ func TestNodeDeleted(t *testing.T) {
 	if err := k8s.Create(context.Background(), mig); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(bound)
-	for mig.Status.Phase != v1alpha1.PhaseScheduled {
-		if time.Now().After(deadline) {
-			t.Fatalf("not scheduled: %+v", mig.Status)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
-		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(mig), mig); err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitScheduled(t, mig)
 	if err := k8s.Delete(context.Background(), node); err != nil {
 		t.Fatal(err)
 	}
