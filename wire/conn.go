@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,13 +27,44 @@ func (m *Msg) CloseFDs() {
 }
 
 // CloseAll closes every descriptor in fds, ignoring errors: used on paths
-// where the descriptors are being discarded.
+// where the descriptors are being discarded. Descriptors received in one
+// message are usually consecutive numbers, and a system call costs
+// microseconds on a virtual machine, so each run of consecutive numbers
+// is closed with one close_range instead of one close each.
 func CloseAll(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			unix.Close(fd)
+	for i := 0; i < len(fds); {
+		fd := fds[i]
+		if fd < 0 {
+			i++
+			continue
 		}
+		j := i + 1
+		for j < len(fds) && fds[j] == fds[j-1]+1 {
+			j++
+		}
+		if j-i > 1 && closeRange(fd, fds[j-1]) {
+			i = j
+			continue
+		}
+		unix.Close(fd)
+		i++
 	}
+}
+
+// noCloseRange is set once the kernel turned close_range down (before
+// Linux 5.9, or a seccomp filter), so later calls close one by one.
+var noCloseRange atomic.Bool
+
+// closeRange closes first..last and reports whether it did.
+func closeRange(first, last int) bool {
+	if noCloseRange.Load() {
+		return false
+	}
+	if err := unix.CloseRange(uint(first), uint(last), 0); err != nil {
+		noCloseRange.Store(true)
+		return false
+	}
+	return true
 }
 
 // Conn sends and receives whole messages on a SOCK_SEQPACKET unix socket.
