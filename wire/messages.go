@@ -486,7 +486,7 @@ func DecodeBatch(body []byte, nfds int) (BatchInfo, error) {
 			return bi, fmt.Errorf("decode batch: %w: entry %d state of %d bytes, limit %d", ErrTooLarge, i, slen, MaxState)
 		}
 		bi.Entries[i].Kind = kind
-		bi.Entries[i].Key = string(d.take(klen))
+		bi.Entries[i].Key = key(d.take(klen))
 		bi.StateLens[i] = slen
 		bi.StateSum += uint64(slen)
 		if !bi.Memfd {
@@ -499,4 +499,16 @@ func DecodeBatch(body []byte, nfds int) (BatchInfo, error) {
 		return bi, err
 	}
 	return bi, nil
+}
+
+// key converts a batch entry's key, without allocating for the keys every
+// connection carries (its family): a batch holds up to MaxFDs of them.
+func key(b []byte) string {
+	switch string(b) {
+	case "tcp":
+		return "tcp"
+	case "unix":
+		return "unix"
+	}
+	return string(b)
 }
