@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -326,7 +327,7 @@ func (x *exportTx) run() {
 				fail(wire.CodeExport, "freeze connection %v: %v", r.t.conn.RemoteAddr(), r.err)
 				return
 			}
-			fd, err := rawFD(r.t.raw)
+			fd, err := r.t.fd()
 			if err == nil {
 				// The family lets the target adopt the socket without asking the kernel.
 				err = b.add(item{entry: wire.Entry{Kind: wire.KindConn, Key: r.t.family, State: r.state}, fd: fd})
@@ -457,12 +458,24 @@ func (x *exportTx) commit(sum wire.Summary) {
 		c.markMoved()
 		c.PacketConn.Close()
 	}
+	// Imported connections that never reached the poller are closed
+	// together: their descriptors arrived in batches, so they are mostly
+	// consecutive numbers, one close_range per run.
+	var fds []int
 	for _, t := range frozen {
 		if t.hooks.Moved != nil {
 			t.hooks.Moved()
 		}
+		if t.sc != nil {
+			if fd, ok := t.sc.release(); ok {
+				fds = append(fds, fd)
+				continue
+			}
+		}
 		t.conn.Close()
 	}
+	slices.Sort(fds)
+	wire.CloseAll(fds)
 	p.logf("moved %d listeners, %d packet sockets and %d connections to the new process", sum.Listeners, sum.Packets, sum.Conns)
 	close(p.done)
 }

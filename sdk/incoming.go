@@ -57,9 +57,17 @@ func (in *incoming) closeAll() {
 		pc.Close()
 		delete(in.packets, k)
 	}
+	var fds []int
 	for _, ic := range in.conns {
+		if sc, ok := ic.Conn.(*sockConn); ok {
+			if fd, ok := sc.release(); ok {
+				fds = append(fds, fd)
+				continue
+			}
+		}
 		ic.Conn.Close()
 	}
+	wire.CloseAll(fds) // in arrival order: mostly consecutive numbers
 	in.conns = nil
 	for _, f := range in.onAbort {
 		f()
@@ -113,12 +121,10 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 	c.SetReadDeadline(deadline)
 	defer c.SetReadDeadline(time.Time{})
 
-	var wg sync.WaitGroup
 	var got wire.Summary
 	for {
 		m, err := c.Recv()
 		if err != nil {
-			wg.Wait()
 			if ctx.Err() != nil {
 				return nil, p.abortIncoming(in, wire.CodeCancelled, ctx.Err())
 			}
@@ -126,7 +132,6 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 		}
 		if m.TxID != in.txid {
 			m.CloseFDs()
-			wg.Wait()
 			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
 		}
 		switch m.Type {
@@ -134,7 +139,6 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 			bi, err := wire.DecodeBatch(m.Body, len(m.FDs))
 			if err != nil {
 				m.CloseFDs()
-				wg.Wait()
 				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 			}
 			for _, e := range bi.Entries {
@@ -149,14 +153,14 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 			}
 			got.Batches++
 			step("batch")
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				in.adopt(bi, m.FDs)
-			}()
+			// Adopting costs no system call for a connection, so it is
+			// done here: a goroutine per batch cost more in wake-ups.
+			in.adopt(bi, m.FDs)
+			if in.err != nil {
+				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
+			}
 		case wire.TypeEnd:
 			m.CloseFDs()
-			wg.Wait()
 			var sum wire.Summary
 			if err := sum.Unmarshal(m.Body); err != nil {
 				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
@@ -172,14 +176,12 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 			return in, nil
 		case wire.TypeAbort:
 			m.CloseFDs()
-			wg.Wait()
 			var f wire.Failure
 			_ = f.Unmarshal(m.Body)
 			in.closeAll()
 			return nil, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
 		default:
 			m.CloseFDs()
-			wg.Wait()
 			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
 		}
 	}
@@ -194,7 +196,8 @@ func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
 	return fmt.Errorf("%w: %v", ErrAborted, f)
 }
 
-// adopt turns one batch's descriptors into net objects. Every descriptor
+// adopt turns one batch's descriptors into net objects. A connection's
+// descriptor is owned by its sockConn from then on; every other descriptor
 // is closed here, whether adopted (net dups it) or not.
 func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	defer wire.CloseAll(fds)
@@ -213,19 +216,18 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 		}
 		wire.SplitStates(&bi, all)
 	}
+	// One allocation for the batch's connections rather than one each:
+	// in a process that just started, fresh heap pages cost a fault each.
+	// The batch's memory stays until its last connection is dropped.
+	slab := make([]sockConn, len(bi.Entries))
 	conns := make([]Imported, 0, len(bi.Entries))
 	var firstErr error
 	for i, e := range bi.Entries {
 		if e.Kind == wire.KindConn {
-			c, err := newSockConn(fds[i], e.Key)
-			if err != nil {
-				if firstErr == nil {
-					firstErr = fmt.Errorf("adopt connection %d of batch: %w", i, err)
-				}
-				continue
-			}
-			fds[i] = -1 // owned by c now
+			c := &slab[i]
+			c.init(fds[i], e.Key)
 			conns = append(conns, Imported{Conn: c, State: e.State})
+			fds[i] = -1 // owned by the connection now
 			continue
 		}
 		f := os.NewFile(uintptr(fds[i]), "handoff-socket")

@@ -28,8 +28,17 @@ type Tracked struct {
 	p      *Process
 	family string // "tcp" or "unix"
 	conn   net.Conn
-	raw    syscall.RawConn
+	raw    syscall.RawConn // nil for an imported connection (sc)
+	sc     *sockConn
 	hooks  Hooks
+}
+
+// fd returns the connection's descriptor for a batch.
+func (t *Tracked) fd() (int, error) {
+	if t.sc != nil {
+		return t.sc.sysfd()
+	}
+	return rawFD(t.raw)
 }
 
 // Track puts c under handoff's care: the next outgoing migration freezes
@@ -40,17 +49,26 @@ func (p *Process) Track(c net.Conn, h Hooks) (*Tracked, error) {
 	if h.Freeze == nil || h.Resume == nil {
 		return nil, fmt.Errorf("track %v: freeze and resume hooks are required", c.RemoteAddr())
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, fmt.Errorf("track %T %v: %w", c, c.RemoteAddr(), ErrNotSupported)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("track %v: %w", c.RemoteAddr(), err)
-	}
-	t := &Tracked{p: p, conn: c, raw: raw, hooks: h, family: "tcp"}
-	if a := c.LocalAddr(); a != nil && a.Network() == "unix" {
-		t.family = "unix"
+	var t *Tracked
+	if s, ok := c.(*sockConn); ok {
+		// A connection this process imported: its family is known and
+		// its descriptor at hand, so tracking it costs no system call
+		// (the address costs two, the raw connection three to hand the
+		// descriptor to the poller, for each of thousands).
+		t = &Tracked{p: p, conn: c, sc: s, hooks: h, family: s.family}
+	} else {
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			return nil, fmt.Errorf("track %T %v: %w", c, c.RemoteAddr(), ErrNotSupported)
+		}
+		raw, err := sc.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("track %v: %w", c.RemoteAddr(), err)
+		}
+		t = &Tracked{p: p, conn: c, raw: raw, hooks: h, family: "tcp"}
+		if a := c.LocalAddr(); a != nil && a.Network() == "unix" {
+			t.family = "unix"
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
