@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/handoff-dev/handoff/wire"
@@ -112,6 +114,10 @@ type exportTx struct {
 	pair    *wire.Conn
 	agentEv chan wire.Failure
 	lateCh  chan *Tracked
+	b       *batcher // set by run before any worker starts
+
+	// stopped mirrors decided for the freeze workers' per-connection check.
+	stopped atomic.Bool
 
 	mu        sync.Mutex
 	decided   bool
@@ -129,12 +135,13 @@ func (x *exportTx) agentEvent(f wire.Failure) {
 }
 
 // late adds a connection tracked while the export is collecting. Called
-// with p.mu held.
+// with p.mu held. The send happens under x.mu so that once run has turned
+// collecting off and drained lateCh, no connection can still be on its
+// way into it.
 func (x *exportTx) late(t *Tracked) {
 	x.mu.Lock()
-	collect := x.collect
-	x.mu.Unlock()
-	if collect {
+	defer x.mu.Unlock()
+	if x.collect {
 		select {
 		case x.lateCh <- t:
 		default:
@@ -142,14 +149,16 @@ func (x *exportTx) late(t *Tracked) {
 	}
 }
 
-// freezeWorkers bounds the goroutines calling Freeze hooks at once.
-const freezeWorkers = 128
-
-type frozenConn struct {
-	t     *Tracked
-	state []byte
-	err   error
-}
+// Freeze hooks run on worker goroutines that take the connections one at
+// a time from a shared list and put what they froze into the shared
+// batcher; a sender goroutine sends each batch as soon as it is full, so
+// the agent relays batch k while the workers freeze the connections of
+// later batches, and a worker never waits for a send. A hook that has to
+// wait for its connection's goroutine (one caught in the middle of a
+// write, say) holds up only its own worker, hence many workers; a
+// goroutine or a channel message per connection would cost more than a
+// hook that does not wait.
+const freezeWorkers = 32
 
 // item is one descriptor on its way into a batch.
 type item struct {
@@ -158,73 +167,144 @@ type item struct {
 }
 
 // batcher packs items into Batch messages of at most MaxFDs descriptors,
-// moving the states into a memfd when they do not fit in the body.
+// moving the states into a memfd when they do not fit in the body. The
+// freeze workers add to it; its sender goroutine (send) sends full
+// batches in order.
 type batcher struct {
-	x       *exportTx
-	items   []item
-	size    int
-	seq     uint32
-	sum     wire.Summary
-	entries []wire.Entry
-	fds     []int
+	x *exportTx
+
+	mu     sync.Mutex
+	items  []item   // the batch being filled
+	size   int      // its body size so far
+	full   [][]item // sealed batches, in sequence order, not yet sent
+	closed bool     // no more items: send what is left, then stop
+	sum    wire.Summary
+	kick   chan struct{} // cap 1: there is something for the sender
+	sent   chan struct{} // closed when the sender stopped
+	err    error         // the sender's failure, read after sent
+
+	// sendMu is held by the sender around each send, so that undo can
+	// wait for a send in progress before it tells the agent Abort.
+	sendMu sync.Mutex
 }
 
-func (b *batcher) add(it item) error {
-	sz := 8 + len(it.entry.Key) + len(it.entry.State)
-	if len(b.items) == wire.MaxFDs || (len(b.items) == wire.MaxFDs-1 && b.size+sz > wire.MaxBody) {
-		if err := b.flush(); err != nil {
-			return err
-		}
-	}
-	if len(b.items) == 0 {
-		b.size = 8
-	}
-	b.items = append(b.items, it)
-	b.size += sz
-	switch it.entry.Kind {
-	case wire.KindListener:
-		b.sum.Listeners++
-	case wire.KindConn:
-		b.sum.Conns++
-	case wire.KindPacket:
-		b.sum.Packets++
-	}
-	b.sum.StateBytes += uint64(len(it.entry.State))
-	return nil
+func newBatcher(x *exportTx) *batcher {
+	b := &batcher{x: x, items: make([]item, 0, wire.MaxFDs), kick: make(chan struct{}, 1), sent: make(chan struct{})}
+	go b.send()
+	return b
 }
 
-func (b *batcher) flush() error {
-	if len(b.items) == 0 {
-		return nil
-	}
-	b.entries = b.entries[:0]
-	b.fds = b.fds[:0]
-	for _, it := range b.items {
-		b.entries = append(b.entries, it.entry)
-		b.fds = append(b.fds, it.fd)
-	}
-	body, flags, states := wire.MarshalBatch(b.entries)
-	memfd := -1
-	if flags&wire.BatchMemfd != 0 {
-		var err error
-		memfd, err = wire.NewStateMemfd(states)
-		if err != nil {
-			return err
+// add queues items, sealing every batch they fill, and reports whether
+// it sealed one.
+func (b *batcher) add(its ...item) (sealed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, it := range its {
+		sz := 8 + len(it.entry.Key) + len(it.entry.State)
+		if len(b.items) == wire.MaxFDs || (len(b.items) == wire.MaxFDs-1 && b.size+sz > wire.MaxBody) {
+			b.sealLocked()
+			sealed = true
 		}
-		b.fds = append(b.fds, memfd)
+		if len(b.items) == 0 {
+			b.size = 8
+		}
+		b.items = append(b.items, it)
+		b.size += sz
+		switch it.entry.Kind {
+		case wire.KindListener:
+			b.sum.Listeners++
+		case wire.KindConn:
+			b.sum.Conns++
+		case wire.KindPacket:
+			b.sum.Packets++
+		}
+		b.sum.StateBytes += uint64(len(it.entry.State))
 	}
-	err := b.x.p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: b.x.txid, Seq: b.seq}, Body: body, FDs: b.fds})
-	if memfd >= 0 {
-		wire.CloseAll([]int{memfd})
+	return sealed
+}
+
+func (b *batcher) sealLocked() {
+	if len(b.items) == 0 {
+		return
 	}
-	if err != nil {
-		return fmt.Errorf("send batch %d: %w", b.seq, err)
-	}
-	b.seq++
+	b.full = append(b.full, b.items)
 	b.sum.Batches++
-	b.items = b.items[:0]
+	b.items = make([]item, 0, wire.MaxFDs)
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// close seals the last batch and returns the totals; the sender stops
+// once everything is sent (b.sent).
+func (b *batcher) close() wire.Summary {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sealLocked()
+	b.closed = true
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+	return b.sum
+}
+
+// send is the sender goroutine. After a failure, or once the transaction
+// is decided, it sends nothing more.
+func (b *batcher) send() {
+	defer close(b.sent)
+	var seq uint32
+	for {
+		b.mu.Lock()
+		batches, closed := b.full, b.closed
+		b.full = nil
+		b.mu.Unlock()
+		for _, its := range batches {
+			if err := b.sendOne(seq, its); err != nil {
+				b.err = err
+				return
+			}
+			seq++
+		}
+		if closed && len(batches) == 0 {
+			return
+		}
+		if !closed {
+			<-b.kick
+		}
+	}
+}
+
+func (b *batcher) sendOne(seq uint32, its []item) error {
+	entries := make([]wire.Entry, len(its))
+	fds := make([]int, len(its), len(its)+1)
+	for i, it := range its {
+		entries[i], fds[i] = it.entry, it.fd
+	}
+	body, flags, states := wire.MarshalBatch(entries)
+	if flags&wire.BatchMemfd != 0 {
+		memfd, err := wire.NewStateMemfd(states)
+		if err != nil {
+			return fmt.Errorf("batch %d: %w", seq, err)
+		}
+		defer wire.CloseAll([]int{memfd})
+		fds = append(fds, memfd)
+	}
+	b.sendMu.Lock()
+	defer b.sendMu.Unlock()
+	if b.x.isDecided() {
+		return errDecided
+	}
+	if err := b.x.p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: b.x.txid, Seq: seq}, Body: body, FDs: fds}); err != nil {
+		return fmt.Errorf("send batch %d: %w", seq, err)
+	}
 	return nil
 }
+
+// errDecided stops the sender of a transaction that was decided (aborted)
+// while it was exporting.
+var errDecided = errors.New("the migration was decided while exporting")
 
 // run is the source's transaction: freeze, export in batches, then wait
 // for the decision and commit or abort.
@@ -267,77 +347,87 @@ func (x *exportTx) run() {
 		}
 		x.mu.Lock()
 		x.collect = true
+		x.frozen = make([]*Tracked, 0, len(conns))
 		x.mu.Unlock()
 	}
 	p.mu.Unlock()
 
-	b := &batcher{x: x, items: make([]item, 0, wire.MaxFDs)}
+	b := newBatcher(x)
+	x.b = b
+	defer b.close() // stops the sender on every way out
 	fail := func(code uint32, format string, args ...any) {
 		x.abort(wire.Failure{Code: code, Reason: fmt.Sprintf(format, args...)}, true)
 	}
 	for _, l := range x.listeners {
 		fd, err := rawFD(l.raw)
-		if err == nil {
-			err = b.add(item{entry: wire.Entry{Kind: wire.KindListener, Key: l.key}, fd: fd})
-		}
 		if err != nil {
 			fail(wire.CodeExport, "export listener %s: %v", l.key, err)
 			return
 		}
+		b.add(item{entry: wire.Entry{Kind: wire.KindListener, Key: l.key}, fd: fd})
 	}
 	for _, c := range x.packets {
 		fd, err := rawFD(c.raw)
-		if err == nil {
-			err = b.add(item{entry: wire.Entry{Kind: wire.KindPacket, Key: c.key}, fd: fd})
-		}
 		if err != nil {
 			fail(wire.CodeExport, "export packet socket %s: %v", c.key, err)
 			return
 		}
+		b.add(item{entry: wire.Entry{Kind: wire.KindPacket, Key: c.key}, fd: fd})
 	}
 
-	// A fixed pool of goroutines calls the Freeze hooks: spawning one per
-	// connection costs more than the hooks at thousands of connections.
-	results := make(chan frozenConn, len(conns)+cap(x.lateCh))
-	work := make(chan *Tracked, len(conns)+cap(x.lateCh))
-	defer close(work)
-	for range min(max(len(conns), 1), freezeWorkers) {
+	// Each worker reports once, when the shared list is exhausted; late
+	// connections get a worker of their own. The first failure aborts the
+	// transaction, which stops the other workers.
+	var next atomic.Int64
+	finished := make(chan error)
+	quit := make(chan struct{}) // run returned: nobody reads finished
+	defer close(quit)
+	report := func(err error) {
+		select {
+		case finished <- err:
+		case <-quit:
+		}
+	}
+	pending := 0
+	for range min(len(conns), freezeWorkers) {
+		pending++
 		go func() {
-			for t := range work {
-				x.freezeOne(t, results)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(conns) {
+					report(nil)
+					return
+				}
+				if err := x.freezeOne(b, conns[i]); err != nil {
+					report(err)
+					return
+				}
 			}
 		}()
 	}
-	pending := 0
-	freeze := func(t *Tracked) {
+	freezeLate := func(t *Tracked) {
 		pending++
-		work <- t
+		go func() { report(x.freezeOne(b, t)) }()
 	}
-	for _, t := range conns {
-		freeze(t)
-	}
+	var failed error
+	senderStopped := b.sent
 	for pending > 0 {
 		select {
-		case r := <-results:
+		case err := <-finished:
 			pending--
-			if errors.Is(r.err, ErrSkip) {
-				continue
+			if err != nil && failed == nil {
+				failed = err
+				fail(wire.CodeExport, "%v", err)
 			}
-			if r.err != nil {
-				fail(wire.CodeExport, "freeze connection %v: %v", r.t.conn.RemoteAddr(), r.err)
-				return
-			}
-			fd, err := r.t.fd()
-			if err == nil {
-				// The family lets the target adopt the socket without asking the kernel.
-				err = b.add(item{entry: wire.Entry{Kind: wire.KindConn, Key: r.t.family, State: r.state}, fd: fd})
-			}
-			if err != nil {
-				fail(wire.CodeExport, "export connection %v: %v", r.t.conn.RemoteAddr(), err)
-				return
+		case <-senderStopped:
+			// Only a failure stops the sender this early.
+			senderStopped = nil
+			if failed == nil {
+				failed = b.err
+				fail(wire.CodeExport, "%v", b.err)
 			}
 		case t := <-x.lateCh:
-			freeze(t)
+			freezeLate(t)
 		case f := <-x.agentEv:
 			// The agent waits for the source's final word after it asked
 			// for an abort: confirm it (skipped if the agent is gone).
@@ -348,16 +438,43 @@ func (x *exportTx) run() {
 			return
 		}
 	}
+	if failed != nil {
+		return
+	}
 	x.mu.Lock()
 	x.collect = false
 	x.mu.Unlock()
-	if err := b.flush(); err != nil {
-		fail(wire.CodeExport, "%v", err)
+	for drained := false; !drained; {
+		select {
+		case t := <-x.lateCh:
+			if err := x.freezeOne(b, t); err != nil {
+				fail(wire.CodeExport, "%v", err)
+				return
+			}
+		default:
+			drained = true
+		}
+	}
+	if x.isDecided() {
 		return
 	}
-	b.sum.FreezeStartNS = freezeStart
-	b.sum.ExportDoneNS = wire.Monotonic()
-	if err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeExported, TxID: x.txid}, Body: b.sum.Marshal()}); err != nil {
+	sum := b.close()
+	select {
+	case <-b.sent:
+		if b.err != nil {
+			fail(wire.CodeExport, "%v", b.err)
+			return
+		}
+	case f := <-x.agentEv:
+		x.abort(f, true) // confirm, as above
+		return
+	case <-timer.C:
+		fail(wire.CodeDeadline, "deadline of %dms passed while exporting", x.prep.TimeoutMS)
+		return
+	}
+	sum.FreezeStartNS = freezeStart
+	sum.ExportDoneNS = wire.Monotonic()
+	if err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeExported, TxID: x.txid}, Body: sum.Marshal()}); err != nil {
 		fail(wire.CodeAgentClosed, "send exported: %v", err)
 		return
 	}
@@ -381,7 +498,7 @@ func (x *exportTx) run() {
 			return
 		}
 		step("ready")
-		x.commit(b.sum)
+		x.commit(sum)
 	case f := <-x.agentEv:
 		x.abort(f, true) // confirm, as above
 	case <-timer.C:
@@ -389,29 +506,42 @@ func (x *exportTx) run() {
 	}
 }
 
-// freezeOne calls one connection's Freeze hook. If the transaction was
-// decided while the hook ran, it undoes the freeze itself.
-func (x *exportTx) freezeOne(t *Tracked, out chan<- frozenConn) {
-	x.mu.Lock()
-	decided := x.decided
-	x.mu.Unlock()
-	if decided {
-		return
+func (x *exportTx) isDecided() bool { return x.stopped.Load() }
+
+// freezeOne calls t's Freeze hook and queues the frozen connection in b.
+// If the transaction is decided while the hook runs, it undoes the freeze
+// itself, since the decision did not see it.
+func (x *exportTx) freezeOne(b *batcher, t *Tracked) error {
+	if x.isDecided() {
+		return nil
 	}
 	state, err := t.hooks.Freeze()
+	if errors.Is(err, ErrSkip) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("freeze connection %v: %w", t.conn.RemoteAddr(), err)
+	}
 	x.mu.Lock()
 	if x.decided {
 		x.mu.Unlock()
-		if err == nil {
-			t.hooks.Resume()
-		}
-		return
+		t.hooks.Resume()
+		return nil
 	}
-	if err == nil {
-		x.frozen = append(x.frozen, t)
-	}
+	x.frozen = append(x.frozen, t)
 	x.mu.Unlock()
-	out <- frozenConn{t: t, state: state, err: err}
+	fd, err := t.fd()
+	if err != nil {
+		return fmt.Errorf("export connection %v: %w", t.conn.RemoteAddr(), err)
+	}
+	// The family lets the target adopt the socket without asking the kernel.
+	if b.add(item{entry: wire.Entry{Kind: wire.KindConn, Key: t.family, State: state}, fd: fd}) {
+		// The sender was just woken with a full batch: let it run now
+		// rather than after the workers, so that the agent has work
+		// while the freezing goes on.
+		runtime.Gosched()
+	}
+	return nil
 }
 
 // decide fixes the outcome once; it returns the frozen connections only
@@ -423,6 +553,7 @@ func (x *exportTx) decide() ([]*Tracked, bool) {
 		return nil, false
 	}
 	x.decided = true
+	x.stopped.Store(true)
 	return x.frozen, true
 }
 
@@ -492,6 +623,12 @@ func (x *exportTx) abort(f wire.Failure, tell bool) {
 
 func (x *exportTx) undo(frozen []*Tracked, f wire.Failure, tell bool) {
 	p := x.p
+	if x.b != nil {
+		// The sender may be sending a batch: let it finish, so that the
+		// agent hears Abort after it; it sends nothing after the decision.
+		x.b.sendMu.Lock()
+		x.b.sendMu.Unlock()
+	}
 	_ = x.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
 	x.pair.Close()
 	for _, l := range x.listeners {
