@@ -179,8 +179,21 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 	return res, nil
 }
 
+// errPairClosed is the pair closing without a word from the source.
+var errPairClosed = errors.New("pair closed")
+
 // collect runs a source → store transaction; the agent plays the target
 // on the pair.
+//
+// Once the agent has sent Ready, the source may let go at any moment: its
+// Commit can be on its way whatever the agent decides meanwhile. From
+// then on only the source's word on the pair decides — Commit keeps the
+// descriptors, Abort drops them, the pair closing keeps them (the source
+// exited: ours are the only copies). The agent's own deadline, or a
+// message it refuses, can only ask the source to abort; if the source
+// says nothing within finalWordGrace, the agent shuts the pair's read
+// side: a Commit already queued is still read and honoured, and a later
+// one fails at the source, which then keeps serving.
 func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string), beforeReady func() error) (admin.Result, *stored) {
 	start := time.Now()
 	res := admin.Result{TxID: t.id, From: src.id}
@@ -212,25 +225,53 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	var rc relayCounter
-	var pairWord chan error
+	var (
+		rc relayCounter
+		// word, once Ready is sent, brings the source's word on the
+		// pair: nil for Commit, errPairClosed, or why it aborted.
+		word  chan error
+		cause *wire.Failure // why the agent asked the source to abort after Ready
+		grace <-chan time.Time
+		shut  bool // the agent shut the pair's read side: the source can no longer commit
+	)
 	abort := func(f *wire.Failure) (admin.Result, *stored) {
 		_ = src.send(wire.TypeAbort, t.id, f.Marshal(), nil)
 		return fail(f)
+	}
+	// askAbort is abort after Ready: the source decides.
+	askAbort := func(f *wire.Failure) {
+		if cause != nil {
+			return
+		}
+		cause = f
+		t.log.Info("asking the source to abort after the store was ready; its word on the pair decides", "reason", f.Reason)
+		_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: f.Marshal()})
+		_ = src.send(wire.TypeAbort, t.id, f.Marshal(), nil)
+		grace = time.After(finalWordGrace)
 	}
 	for {
 		select {
 		case ev := <-t.events:
 			if ev.err != nil {
-				if pairWord != nil {
+				if word != nil {
 					continue // exported: the pair tells the outcome
 				}
 				return fail(failure(wire.CodeSourceLost, "source %v went away before exporting everything: %v", src, ev.err))
 			}
 			m := ev.msg
+			if word != nil {
+				m.CloseFDs()
+				switch m.Type {
+				case wire.TypeAbort, wire.TypeCommitted:
+					// The same decision follows, or came, on the pair.
+				default:
+					askAbort(failure(wire.CodeUnexpected, "source sent %v after the store was ready", m.Type))
+				}
+				continue
+			}
 			switch m.Type {
 			case wire.TypeBatch:
-				if err := rc.check(m); err != nil || pairWord != nil {
+				if err := rc.check(m); err != nil {
 					m.CloseFDs()
 					return abort(failure(wire.CodeMalformed, "source sent a bad batch: %v", err))
 				}
@@ -251,7 +292,7 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 				if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: t.id}, Body: e.sum.Marshal()}); err != nil {
 					return abort(failure(wire.CodeSourceLost, "tell the source the store is ready: %v", err))
 				}
-				pairWord = make(chan error, 1)
+				word = make(chan error, 1)
 				go func() {
 					m, err := pair.Recv()
 					if err == nil {
@@ -266,9 +307,9 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 							err = fmt.Errorf("%v on the pair", m.Type)
 						}
 					} else if errors.Is(err, wire.ErrClosed) {
-						err = nil // exported, then exited: ours are the only copies
+						err = errPairClosed
 					}
-					pairWord <- err
+					word <- err
 				}()
 			case wire.TypeAbort:
 				m.CloseFDs()
@@ -281,9 +322,21 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 				m.CloseFDs()
 				return abort(failure(wire.CodeUnexpected, "source sent %v while storing", m.Type))
 			}
-		case err := <-pairWord:
-			if err != nil {
+		case err := <-word:
+			switch {
+			case errors.Is(err, errPairClosed) && shut:
+				cause.Reason += "; the source did not answer in time"
+				return fail(cause)
+			case err != nil && !errors.Is(err, errPairClosed):
+				if cause != nil {
+					return fail(cause)
+				}
 				return fail(failure(wire.CodeExport, "source aborted: %v", err))
+			}
+			// Committed, or exited after exporting: either way the
+			// source let go, and the agent's are the only copies.
+			if cause != nil {
+				t.log.Info("the source let go before it heard the abort: keeping its descriptors", "abortReason", cause.Reason)
 			}
 			setState(src, "moved")
 			res.Listeners, res.Connections, res.Packets = int(rc.sum.Listeners), int(rc.sum.Conns), int(rc.sum.Packets)
@@ -291,8 +344,21 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 			progress("Stored", fmt.Sprintf("holding %d descriptors", e.fds()))
 			return t.result(res, start, nil, nil, 0, 0), e
 		case <-deadline.C:
-			_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: failure(wire.CodeDeadline, "deadline").Marshal()})
-			return abort(failure(wire.CodeDeadline, "deadline of %v passed while storing", timeout))
+			f := failure(wire.CodeDeadline, "deadline of %v passed while storing", timeout)
+			if word == nil {
+				// Before Ready the source cannot have let go.
+				_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: f.Marshal()})
+				return abort(f)
+			}
+			askAbort(f)
+		case <-grace:
+			grace, shut = nil, true
+			if err := pair.Unix().CloseRead(); err != nil {
+				// Closing unblocks the reader too; a queued Commit is
+				// lost with it, but there is no other way to end the wait.
+				t.log.Error(err, "shut the read side of the pair")
+				pair.Close()
+			}
 		}
 	}
 }
