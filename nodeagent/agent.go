@@ -78,6 +78,7 @@ type Agent struct {
 	sessions map[uint64]*session
 	admins   map[*session]struct{} // closed on shutdown like sessions
 	store    map[storeKey]*stored
+	storing  map[storeKey]struct{} // keys of stores still collecting: one at a time per key
 	nextID   uint64
 	nextTx   uint64
 	closed   bool
@@ -108,7 +109,7 @@ func New(cfg Config) *Agent {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, admins: map[*session]struct{}{}, store: map[storeKey]*stored{}}
+	a := &Agent{cfg: cfg, log: cfg.Log, m: cfg.Metrics, sessions: map[uint64]*session{}, admins: map[*session]struct{}{}, store: map[storeKey]*stored{}, storing: map[storeKey]struct{}{}}
 	a.joined = sync.NewCond(&a.mu)
 	return a
 }

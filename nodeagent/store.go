@@ -128,24 +128,43 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("descriptors are already stored for name %q uid %d: %w", key.name, key.uid, ErrBusy)
 	}
+	// Reserved until the entry is stored or the store fails: a second
+	// store of the same key would otherwise replace this one's entry
+	// and leave its descriptors open with nothing to close them.
+	if _, ok := a.storing[key]; ok {
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("descriptors are being stored for name %q uid %d: %w", key.name, key.uid, ErrBusy)
+	}
 	t := a.newTxn()
 	if err := attach(t, src); err != nil {
 		a.mu.Unlock()
 		return admin.Result{}, err
 	}
+	a.storing[key] = struct{}{}
 	a.mu.Unlock()
 	defer t.finish(src)
 	t.log = t.log.WithValues("source", src.id, "target", "store")
 	res, e := t.collect(src, what, timeout, progress, opts.BeforeReady)
 	a.record(t.log, res)
 	if e == nil {
+		a.mu.Lock()
+		delete(a.storing, key)
+		a.mu.Unlock()
 		return res, nil
 	}
 	e.expires = time.Now().Add(hold)
 	e.delivered = opts.Delivered
-	a.mu.Lock()
-	a.store[key] = e
 	a.m.storedFDs.Add(float64(e.fds()))
+	a.mu.Lock()
+	delete(a.storing, key)
+	if a.closed {
+		// Shutdown has closed the store already: nothing would close
+		// these.
+		a.mu.Unlock()
+		e.discard(a, "agent shutting down")
+		return res, nil
+	}
+	a.store[key] = e
 	e.timer = time.AfterFunc(hold, func() {
 		a.mu.Lock()
 		cur := a.store[key]

@@ -150,3 +150,72 @@ func TestPairShutReadDecides(t *testing.T) {
 		t.Fatalf("after the queued commit: %v %v, want the pair closed", m.Type, err)
 	}
 }
+
+// TestStoreSameKeyRefusedWhileStoring: two sessions with the same name
+// and uid (so the same store key) are stored at once. The second request
+// is refused as busy while the first is still collecting, instead of
+// overwriting its entry later and leaking its descriptors; a store that
+// fails gives the key back; and what the first stored is closed when the
+// agent stops.
+func TestStoreSameKeyRefusedWhileStoring(t *testing.T) {
+	at := startAgentT(t, nodeagent.Config{})
+	src1, id1 := join(t, at, "svc", false)
+	_, id2 := join(t, at, "svc", false)
+
+	done := storeAsync(at, id1, time.Minute)
+	txid, pair := recvPrepare(t, src1)
+	// Short: before the fix the second store starts, and nothing answers it.
+	_, err := at.StoreFrom(id2, wire.MoveAll, 300*time.Millisecond, time.Minute, nil)
+	if !errors.Is(err, nodeagent.ErrBusy) {
+		t.Fatalf("a second store for the same key while the first collects: %v, want ErrBusy", err)
+	}
+
+	p := newProbe(t)
+	send(t, src1, wire.TypeBatch, txid, listenerBatch(1), p.w)
+	p.closeWrite()
+	send(t, src1, wire.TypeExported, txid, wire.Summary{Listeners: 1, Batches: 1}.Marshal())
+	recvType(t, pair, wire.TypeReady)
+	send(t, pair, wire.TypeCommit, txid, nil)
+	if res := waitStore(t, done); res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("first store %+v: want Completed", res)
+	}
+	if _, err := at.StoreFrom(id2, wire.MoveAll, 300*time.Millisecond, time.Minute, nil); !errors.Is(err, nodeagent.ErrBusy) {
+		t.Fatalf("a second store for the same key once the first is stored: %v, want ErrBusy", err)
+	}
+
+	// A failed store releases its key: the same session may try again.
+	other, otherID := join(t, at, "other", false)
+	for i := range 2 {
+		done := storeAsync(at, otherID, time.Minute)
+		txid, _ := recvPrepare(t, other)
+		send(t, other, wire.TypeAbort, txid, wire.Failure{Code: wire.CodeExport, Reason: "not now"}.Marshal())
+		if res := waitStore(t, done); res.Phase != nodeagent.PhaseFailed {
+			t.Fatalf("store %d of a source that aborts: %+v, want Failed", i+1, res)
+		}
+	}
+
+	at.stop()
+	p.expectReleased(t)
+}
+
+// TestStoreCompletingAfterStop: a store whose source commits after the
+// agent began to stop does not outlive the agent: its descriptors are
+// closed at once instead of waiting out the hold in an agent that is gone.
+func TestStoreCompletingAfterStop(t *testing.T) {
+	at := startAgentT(t, nodeagent.Config{})
+	src, id := join(t, at, "svc", false)
+	done := storeAsync(at, id, time.Minute)
+	txid, pair := recvPrepare(t, src)
+	p := newProbe(t)
+	send(t, src, wire.TypeBatch, txid, listenerBatch(1), p.w)
+	p.closeWrite()
+	send(t, src, wire.TypeExported, txid, wire.Summary{Listeners: 1, Batches: 1}.Marshal())
+	recvType(t, pair, wire.TypeReady)
+	at.stop()
+	expectClosed(t, src)
+	send(t, pair, wire.TypeCommit, txid, nil)
+	res := waitStore(t, done)
+	t.Logf("store: %+v", res)
+	p.expectReleased(t)
+	at.waitLog(t, "closing stored descriptors", "name", "svc", "reason", "agent shutting down")
+}
