@@ -463,6 +463,10 @@ func TestBackAndForth50(t *testing.T) {
 		}
 		pauses = append(pauses, res.Pause())
 		next.waitReady(t)
+		// Every imported connection carries on in the target.
+		if l := next.line("RESUMED", childTimeout); field(l, "imported") != strconv.Itoa(next.imported) {
+			t.Fatalf("migration %d: target reports %q after importing %d connections", i+1, l, next.imported)
+		}
 		if next.addr != cur.addr {
 			t.Fatalf("migration %d: the target serves %s, the source served %s", i+1, next.addr, cur.addr)
 		}

@@ -74,8 +74,9 @@ func runChild(role string) int {
 
 // runStreamerChild runs the example streaming server, configured from the
 // environment: ADDR, HANDOFF_SOCKET, HANDOFF_NAME, STANDBY=1. It prints
-// "READY addr=… pid=… inherited=… imported=…" once serving and "EXIT ok"
-// or "EXIT err=…" when Run returns.
+// "READY addr=… pid=… inherited=… imported=…" once serving, after a
+// handoff "RESUMED imported=… after=…" once every imported connection
+// carries on, and "EXIT ok" or "EXIT err=…" when Run returns.
 func runStreamerChild() int {
 	applyChildFaults()
 	addr := os.Getenv("ADDR")
@@ -89,6 +90,9 @@ func runStreamerChild() int {
 		Logf:    func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		OnReady: func(i server.Info) {
 			fmt.Printf("READY addr=%v pid=%d inherited=%v imported=%d\n", i.Addr, os.Getpid(), i.Inherited, i.Imported)
+		},
+		OnResumed: func(n int, d time.Duration) {
+			fmt.Printf("RESUMED imported=%d after=%v\n", n, d)
 		},
 	})
 	if err != nil {

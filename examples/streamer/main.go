@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/handoff-dev/handoff/examples/streamer/server"
 	"github.com/handoff-dev/handoff/internal/fdlimit"
@@ -46,6 +47,9 @@ func main() {
 	}
 	cfg.OnReady = func(i server.Info) {
 		fmt.Printf("streamer: serving on %s (inherited=%t, imported %d connections)\n", i.Addr, i.Inherited, i.Imported)
+	}
+	cfg.OnResumed = func(n int, d time.Duration) {
+		fmt.Printf("streamer: resumed %d imported connections %v after ready\n", n, d)
 	}
 	cfg.OnExit = func(s server.Summary) {
 		why := "stopped"

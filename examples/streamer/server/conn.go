@@ -32,14 +32,24 @@ type freezeReq struct {
 }
 
 // conn is one client connection. Its goroutine (run) owns all I/O and the
-// fields marked "goroutine" below; the hooks talk to it through channels.
+// fields marked "goroutine" below; the hooks talk to it through channels,
+// or read the fields under mu while it is parked.
 //
-// Freeze protocol: the Freeze hook sets freezing, then sets a deadline in
-// the past on the socket, which makes a Read or Write that is blocked (for
+// Freeze protocol. Most of the time a streaming connection's goroutine is
+// parked between two ticks, with nothing in flight: then the Freeze hook
+// takes the state itself, under mu, and marks the connection frozenIdle
+// without waking the goroutine; the goroutine, whenever it wakes, sees
+// the mark and waits for Resume or Moved. This costs no goroutine switch
+// and no system call, which is what lets a process freeze thousands of
+// connections in a millisecond or two.
+//
+// Otherwise the goroutine is busy (reading a request, writing, or about to)
+// and the hook interrupts it: it sets freezing, then sets a deadline in the
+// past on the socket, which makes a Read or Write that is blocked (for
 // instance on a client that does not read) return at once with the bytes
 // it did transfer. The goroutine accounts for those bytes, sees a timeout
-// while freezing is set and waits for the freeze request; if it was idle
-// instead, it receives the request in its select. It replies with the
+// while freezing is set and waits for the freeze request; if it reached
+// its select instead, it receives the request there. It replies with the
 // encoded state and waits for Resume (deadline cleared, carry on) or Moved
 // (return without closing).
 type conn struct {
@@ -51,9 +61,11 @@ type conn struct {
 	after chan bool       // buffered(1): true = Moved, false = Resume
 	done  chan struct{}   // closed when the goroutine stops serving
 
-	mu       sync.Mutex // orders finished against the start of a Freeze
-	finished bool
-	freezing atomic.Bool
+	mu         sync.Mutex // orders the goroutine's parking against a Freeze
+	finished   bool
+	busy       bool // the goroutine is not parked: it may touch its fields
+	frozenIdle bool // a Freeze took the state while the goroutine was parked
+	freezing   atomic.Bool
 
 	// goroutine
 	phase   phase
@@ -66,6 +78,10 @@ type conn struct {
 	bufp    *[]byte
 	ticker  *time.Ticker
 	catchUp bool // produce a chunk without waiting for the first tick
+	// imported: the connection came from another process; resumed is
+	// called once its goroutine has carried on (nil afterwards).
+	imported bool
+	resumed  func()
 }
 
 func newConn(s *server, nc net.Conn) *conn {
@@ -76,6 +92,7 @@ func newConn(s *server, nc net.Conn) *conn {
 		after: make(chan bool, 1),
 		done:  make(chan struct{}),
 		phase: phaseRequest,
+		busy:  true,
 	}
 }
 
@@ -108,6 +125,15 @@ func (c *conn) freeze() ([]byte, error) {
 		c.mu.Unlock()
 		return nil, handoff.ErrSkip
 	}
+	if !c.busy {
+		// Parked: the fields are at rest until the goroutine wakes, and
+		// when it does it will see frozenIdle before touching them.
+		c.frozenIdle = true
+		st := c.encodeState()
+		c.mu.Unlock()
+		c.s.frozen.Add(1)
+		return st, nil
+	}
 	c.freezing.Store(true)
 	_ = c.nc.SetDeadline(time.Now()) // interrupts a blocked Read or Write
 	c.mu.Unlock()
@@ -117,19 +143,24 @@ func (c *conn) freeze() ([]byte, error) {
 	case <-c.done:
 		return nil, handoff.ErrSkip
 	}
-	return <-req.reply, nil
+	st := <-req.reply
+	c.s.frozen.Add(1)
+	return st, nil
 }
 
 // resume is the Resume hook.
 func (c *conn) resume() {
 	c.mu.Lock()
-	if c.s.stopping.Load() {
-		_ = c.nc.SetDeadline(time.Now()) // let the goroutine see the shutdown
-	} else {
-		_ = c.nc.SetDeadline(time.Time{})
+	if c.freezing.Load() {
+		if c.s.stopping.Load() {
+			_ = c.nc.SetDeadline(time.Now()) // let the goroutine see the shutdown
+		} else {
+			_ = c.nc.SetDeadline(time.Time{})
+		}
+		c.freezing.Store(false)
 	}
-	c.freezing.Store(false)
 	c.mu.Unlock()
+	c.s.frozen.Add(-1)
 	select {
 	case c.after <- false:
 	default:
@@ -138,6 +169,7 @@ func (c *conn) resume() {
 
 // moved is the Moved hook.
 func (c *conn) moved() {
+	c.s.frozen.Add(-1)
 	select {
 	case c.after <- true:
 	default:
@@ -148,7 +180,7 @@ func (c *conn) moved() {
 // notices the shutdown; a frozen connection is left alone.
 func (c *conn) interrupt() {
 	c.mu.Lock()
-	if !c.freezing.Load() {
+	if !c.freezing.Load() && !c.frozenIdle {
 		_ = c.nc.SetDeadline(time.Now())
 	}
 	c.mu.Unlock()
@@ -157,7 +189,20 @@ func (c *conn) interrupt() {
 // run serves the connection until it ends, is moved or the server stops.
 func (c *conn) run() {
 	defer c.s.wg.Done()
+	if c.imported {
+		// A socket received from another process carries no deadline,
+		// but a connection object reused in-process would. Done here
+		// rather than by start, so that the importing goroutine spends
+		// nothing per connection; under mu so as not to undo a Freeze
+		// that already interrupted the connection.
+		c.mu.Lock()
+		if !c.freezing.Load() {
+			_ = c.nc.SetDeadline(time.Time{})
+		}
+		c.mu.Unlock()
+	}
 	e := c.serve()
+	c.markResumed()
 	if c.ticker != nil {
 		c.ticker.Stop()
 	}
@@ -224,6 +269,7 @@ func (c *conn) readRequest() end {
 			c.phase, c.pending = phaseClosing, respBadRequest
 			return endNone
 		}
+		c.markResumed()
 		n, err := c.nc.Read(c.reqBuf[len(c.req):])
 		c.req = c.reqBuf[:len(c.req)+n]
 		if err != nil {
@@ -273,16 +319,90 @@ func (c *conn) writeLoop() end {
 			c.produce()
 			continue
 		}
+		c.park()
 		select {
 		case <-c.ticker.C:
+			if c.s.frozen.Load() > 0 {
+				// A migration is freezing this process's connections:
+				// leave this tick out, staying parked, rather than take
+				// the CPU the freeze needs for bytes that the freeze would
+				// only have to carry over. The rate is an upper bound.
+				continue
+			}
+			if c.unpark() {
+				if e := c.outcome(); e != endNone {
+					return e
+				}
+			}
 			c.produce()
 		case req := <-c.ctl:
+			// The Freeze that sent it found the goroutine busy, so the
+			// state was not taken while parked.
+			c.unpark()
 			if e := c.frozen(req); e != endNone {
 				return e
 			}
+		case moved := <-c.after:
+			// Only a freeze taken while parked ends here.
+			c.unpark()
+			if moved {
+				return endMoved
+			}
 		case <-c.s.stop:
+			if c.unpark() {
+				// Frozen: the SDK still owes this connection an outcome.
+				if e := c.outcome(); e != endNone {
+					return e
+				}
+				continue
+			}
 			return endStop
 		}
+	}
+}
+
+// markResumed reports, once, that an imported connection carries on:
+// it has written what it owed and waits for its next tick, or waits for
+// the rest of its request, or has ended.
+func (c *conn) markResumed() {
+	if c.resumed != nil {
+		c.resumed()
+		c.resumed = nil
+	}
+}
+
+// park says the goroutine is waiting between ticks with its fields at
+// rest, so a Freeze may take the state without waking it.
+func (c *conn) park() {
+	c.markResumed()
+	c.mu.Lock()
+	c.busy = false
+	c.mu.Unlock()
+}
+
+// unpark ends parking and reports whether a Freeze took the state
+// meanwhile; if so the goroutine must wait for the outcome before it
+// touches anything.
+func (c *conn) unpark() (frozen bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.busy = true
+	frozen = c.frozenIdle
+	c.frozenIdle = false
+	return frozen
+}
+
+// outcome waits for the end of a freeze: Resume (endNone), Moved, or the
+// SDK's closing, after which it calls no more hooks.
+func (c *conn) outcome() end {
+	select {
+	case moved := <-c.after:
+		if moved {
+			return endMoved
+		}
+		return endNone
+	case <-c.s.released:
+		return endStop
 	}
 }
 
@@ -318,20 +438,16 @@ func (c *conn) ioError(err error) end {
 	return endError
 }
 
+// encodeState is the state record of the connection's fields.
+func (c *conn) encodeState() []byte {
+	st := connState{Phase: c.phase, Request: c.req, Name: c.name, Next: c.next, Unsent: c.pending}
+	return appendState(make([]byte, 0, 32+len(c.req)+len(c.name)+len(c.pending)), &st)
+}
+
 // frozen answers a freeze request and waits for its outcome.
 func (c *conn) frozen(req *freezeReq) end {
-	st := connState{Phase: c.phase, Request: c.req, Name: c.name, Next: c.next, Unsent: c.pending}
-	req.reply <- appendState(make([]byte, 0, 32+len(c.req)+len(c.name)+len(c.pending)), &st)
-	select {
-	case moved := <-c.after:
-		if moved {
-			return endMoved
-		}
-		return endNone
-	case <-c.s.released:
-		// The SDK was closed and will call no more hooks.
-		return endStop
-	}
+	req.reply <- c.encodeState()
+	return c.outcome()
 }
 
 func (c *conn) getBuf() {

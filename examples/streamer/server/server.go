@@ -26,7 +26,9 @@
 // (see connState) holds the phase, the stream name, the offset of the next
 // byte to generate and the bytes generated but not yet written, or the
 // request bytes read so far. The next process first writes those bytes and
-// continues at exactly that offset, so nothing is lost or duplicated.
+// continues at exactly that offset, so nothing is lost or duplicated. While
+// any connection is frozen the others skip their ticks, leaving the CPU to
+// the migration.
 package server
 
 import (
@@ -60,6 +62,12 @@ type Config struct {
 	Logf           func(format string, args ...any) // log sink; nil discards
 	OnReady        func(Info)                       // called once listening, before the first Accept
 	OnExit         func(Summary)                    // called once all connections were released
+	// OnResumed, in a process that received a handoff, is called once
+	// every imported connection has carried on (written what it owed, or
+	// gone back to reading its request, or ended), with the time since
+	// Ready returned: the part of the clients' wait that follows the
+	// handoff's pause.
+	OnResumed func(imported int, sinceReady time.Duration)
 
 	// onTrack, for tests, sees every tracked connection and its hooks.
 	onTrack func(c *conn, h handoff.Hooks)
@@ -120,12 +128,26 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = p.Close()
 		return fmt.Errorf("streamer: complete incoming handoff of session %q: %w", cfg.SessionName, err)
 	}
+	readyAt := time.Now()
 	s := newServer(cfg, p)
+	if len(imported) > 0 {
+		// One more than the connections, counted down after OnReady, so
+		// that OnResumed always comes after it.
+		s.toResume.Store(int64(len(imported)) + 1)
+		s.onResumed = func() {
+			if s.toResume.Add(-1) == 0 && cfg.OnResumed != nil {
+				cfg.OnResumed(len(imported), time.Since(readyAt))
+			}
+		}
+	}
 	for _, ic := range imported {
 		s.importConn(ic)
 	}
 	if cfg.OnReady != nil {
 		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported)})
+	}
+	if s.onResumed != nil {
+		s.onResumed()
 	}
 	acceptDone := make(chan error, 1)
 	go func() { acceptDone <- s.acceptLoop(ln) }()
@@ -181,6 +203,10 @@ type server struct {
 	mu    sync.Mutex
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup
+
+	frozen    atomic.Int64 // connections frozen and not yet resumed or moved
+	toResume  atomic.Int64 // imported connections that have not carried on yet
+	onResumed func()       // counts one down; nil when nothing was imported
 
 	accepted, imported, rejected, finished, moved, bytesSent atomic.Int64
 }
@@ -258,6 +284,9 @@ func (s *server) importConn(ic handoff.Imported) {
 	if err != nil {
 		s.logf("streamer: imported connection from %s: %v; closing it", ic.Conn.RemoteAddr(), err)
 		_ = ic.Conn.Close()
+		if s.onResumed != nil {
+			s.onResumed()
+		}
 		return
 	}
 	s.imported.Add(1)
@@ -269,13 +298,12 @@ func (s *server) start(nc net.Conn, st *connState) {
 	c := newConn(s, nc)
 	if st != nil {
 		c.restore(st)
-		// A socket received from another process carries no deadline,
-		// but a connection object reused in-process would.
-		_ = nc.SetDeadline(time.Time{})
+		c.imported, c.resumed = true, s.onResumed
 	}
 	if !s.add(c) {
 		c.releaseReq()
 		_ = nc.Close()
+		c.markResumed()
 		return
 	}
 	h := c.hooks()
@@ -286,6 +314,7 @@ func (s *server) start(nc net.Conn, st *connState) {
 		c.releaseReq()
 		s.wg.Done()
 		_ = nc.Close()
+		c.markResumed()
 		return
 	}
 	c.t = t
@@ -324,6 +353,10 @@ func (s *server) drain() {
 // which wait for their hook or for released.
 func (s *server) shutdown() {
 	s.mu.Lock()
+	if s.stopping.Load() {
+		s.mu.Unlock()
+		return
+	}
 	s.stopping.Store(true)
 	close(s.stop)
 	conns := make([]*conn, 0, len(s.conns))

@@ -372,6 +372,97 @@ func TestMoveMidRequest(t *testing.T) {
 	next.drain()
 }
 
+// parked waits until the connection's goroutine waits between ticks.
+func parked(t *testing.T, c *conn) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		busy := c.busy
+		c.mu.Unlock()
+		if !busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection's goroutine never parked")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestMoveIdle freezes a connection parked between ticks, which takes its
+// state without interrupting it, reports it Moved and continues it in a
+// second server; a tick while frozen must not send anything.
+func TestMoveIdle(t *testing.T) {
+	cfg := Config{Rate: 2000, Tick: 20 * time.Millisecond}
+	ts := startServer(t, cfg)
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /streams/idle-mv HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	v := stream.NewVerifier("idle-mv", 0)
+	verify(t, r, v, 200)
+	parked(t, tr.c)
+	st := freezeState(t, tr)
+	if tr.c.freezing.Load() {
+		t.Fatal("a parked connection was frozen by interrupting it")
+	}
+	if st.Phase != phaseStream || st.Name != "idle-mv" || st.Next < v.Offset() || len(st.Unsent) != 0 {
+		t.Fatalf("state %+v at client offset %d", brief(st), v.Offset())
+	}
+	// Several ticks pass while frozen: the old server must stay silent, or
+	// the client would get bytes twice once the next server continues.
+	deadline := time.Now().Add(5 * cfg.Tick)
+	for time.Now().Before(deadline) {
+		tr.c.mu.Lock()
+		frozen := tr.c.frozenIdle || tr.c.busy
+		tr.c.mu.Unlock()
+		if !frozen {
+			t.Fatal("the goroutine carried on while frozen")
+		}
+		time.Sleep(cfg.Tick / 4)
+	}
+	tr.h.Moved()
+	<-tr.c.done
+	next := newTarget(t, cfg)
+	next.start(tr.c.nc, &st)
+	verify(t, r, v, st.Next-v.Offset()+1000)
+	if sum := ts.stop(); sum.Moved != 1 || sum.Finished != 0 {
+		t.Fatalf("old server summary %+v, want 1 moved", sum)
+	}
+	next.shutdown()
+	next.drain()
+}
+
+// TestStopWhileFrozenIdle stops the server while a parked connection is
+// frozen: the goroutine must wait for the outcome instead of closing a
+// socket that may already belong to the next process.
+func TestStopWhileFrozenIdle(t *testing.T) {
+	cfg := Config{Rate: 2000, Tick: 20 * time.Millisecond}
+	ts := startServer(t, cfg)
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /streams/stop HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	readHeader(t, c)
+	verify(t, c, stream.NewVerifier("stop", 0), 100)
+	parked(t, tr.c)
+	freezeState(t, tr)
+	tr.c.s.shutdown()
+	// Ticks and the stop signal reach the goroutine; it must still be
+	// waiting for Moved or Resume.
+	select {
+	case <-tr.c.done:
+		t.Fatal("a frozen connection stopped on shutdown without an outcome")
+	case <-time.After(5 * cfg.Tick):
+	}
+	tr.h.Moved()
+	<-tr.c.done
+	if sum := ts.stop(); sum.Moved != 1 || sum.Finished != 0 {
+		t.Fatalf("summary %+v, want 1 moved", sum)
+	}
+}
+
 // TestFreezeFinished checks ErrSkip for a connection that already ended.
 func TestFreezeFinished(t *testing.T) {
 	ts := startServer(t, Config{})
