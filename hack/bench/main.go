@@ -32,6 +32,7 @@ import (
 type migRow struct {
 	n          int
 	pauses     []time.Duration
+	resumes    []time.Duration // pause + until the target resumed every imported connection
 	totals     []time.Duration
 	stalls     []time.Duration
 	fds        int
@@ -161,6 +162,14 @@ func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Durati
 		if err := next.WaitServing(30 * time.Second); err != nil {
 			return r, err
 		}
+		// The pause ends when the target has taken every connection over
+		// and answers Serving; its goroutines then pick the connections
+		// up. This is how long that took, so that work moved after Ready
+		// shows.
+		after, err := resumedAfter(next)
+		if err != nil {
+			return r, err
+		}
 		if err := cur.Wait(30 * time.Second); err != nil {
 			return r, fmt.Errorf("old streamer: %w", err)
 		}
@@ -169,11 +178,12 @@ func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Durati
 		}
 		st := client.Snapshot()
 		r.pauses = append(r.pauses, res.Pause())
+		r.resumes = append(r.resumes, res.Pause()+after)
 		r.totals = append(r.totals, res.Duration())
 		r.stalls = append(r.stalls, st.LongestStall)
 		r.fds = res.Connections + res.Listeners + res.Packets
-		logf("N=%d migration %d: %d descriptors, pause %v, total %v, longest client stall %v",
-			n, i, r.fds, res.Pause().Round(time.Microsecond), res.Duration().Round(time.Microsecond), st.LongestStall.Round(time.Millisecond))
+		logf("N=%d migration %d: %d descriptors, pause %v, all resumed %v, total %v, longest client stall %v",
+			n, i, r.fds, res.Pause().Round(time.Microsecond), (res.Pause() + after).Round(time.Microsecond), res.Duration().Round(time.Microsecond), st.LongestStall.Round(time.Millisecond))
 		if f := st.Failures(); len(f) > 0 {
 			return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
 		}
@@ -245,6 +255,22 @@ func baseline(ctx context.Context, bin string, n, rate int, tick time.Duration, 
 	return baseStats{Stats: st, downtime: down}, nil
 }
 
+// resumedAfter reads the target's "resumed N imported connections D after
+// ready" line.
+func resumedAfter(p *harness.Proc) (time.Duration, error) {
+	l, err := p.Line("imported connections", 30*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(l)
+	for i, w := range f {
+		if w == "connections" && i+1 < len(f) {
+			return time.ParseDuration(f[i+1])
+		}
+	}
+	return 0, fmt.Errorf("%s: no duration in %q", p.Name, l)
+}
+
 func addrOf(p *harness.Proc) string {
 	f := strings.Fields(p.ServingLine)
 	for i, w := range f {
@@ -259,12 +285,12 @@ func report(rows []migRow) {
 	fmt.Println()
 	fmt.Println("Migration pause against the physical floor (medians; floor measured in this run, same N):")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "N\tfloor 1 hop\tfloor 2 hops\tpause\tpause/2-hop floor\ttotal\tfds/s\tclient stall\tresets\tlost bytes\t")
+	fmt.Fprintln(tw, "N\tfloor 1 hop\tfloor 2 hops\tpause\tpause/2-hop floor\tall resumed\ttotal\tfds/s\tclient stall\tresets\tlost bytes\t")
 	for _, r := range rows {
-		p, t, s := median(r.pauses), median(r.totals), median(r.stalls)
+		p, a, t, s := median(r.pauses), median(r.resumes), median(r.totals), median(r.stalls)
 		fdps := float64(r.fds) / t.Seconds()
-		fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%.1fx\t%v\t%.0f\t%v\t%d\t%d\t\n", r.n, r.floor.oneHop.Round(time.Microsecond), r.floor.twoHop.Round(time.Microsecond),
-			p.Round(time.Microsecond), float64(p)/float64(r.floor.twoHop), t.Round(time.Microsecond), fdps, s.Round(time.Millisecond),
+		fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%.1fx\t%v\t%v\t%.0f\t%v\t%d\t%d\t\n", r.n, r.floor.oneHop.Round(time.Microsecond), r.floor.twoHop.Round(time.Microsecond),
+			p.Round(time.Microsecond), float64(p)/float64(r.floor.twoHop), a.Round(time.Microsecond), t.Round(time.Microsecond), fdps, s.Round(time.Millisecond),
 			r.stats.Resets, r.stats.Mismatches)
 	}
 	tw.Flush()
@@ -278,6 +304,7 @@ func report(rows []migRow) {
 	tw.Flush()
 	for _, r := range rows {
 		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
+		fmt.Printf("N=%d all resumed: %v\n", r.n, sorted(r.resumes))
 	}
 }
 
