@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,8 +40,9 @@ const (
 type Config struct {
 	// Socket is the path of the unix socket applications join.
 	Socket string
-	// SocketMode and DirMode are the permissions of the socket and of the
-	// directory created for it.
+	// SocketMode and DirMode are the permissions of the socket and of its
+	// directory if the agent creates it; an existing directory keeps its
+	// mode.
 	SocketMode, DirMode os.FileMode
 	// HelloTimeout closes peers that connect and say nothing.
 	HelloTimeout time.Duration
@@ -114,15 +116,32 @@ func New(cfg Config) *Agent {
 	return a
 }
 
-// Listen creates the socket directory and socket with explicit modes. A
-// stale socket file left by a dead agent is replaced; a live one is not.
+// Listen creates the socket with an explicit mode, and its directory
+// with DirMode if the directory does not exist yet. A stale socket file
+// left by a dead agent is replaced; a live one is not.
 func (a *Agent) Listen() error {
 	dir := filepath.Dir(a.cfg.Socket)
-	if err := os.MkdirAll(dir, a.cfg.DirMode); err != nil {
-		return fmt.Errorf("create socket directory %s: %w", dir, err)
+	if err := os.MkdirAll(filepath.Dir(dir), a.cfg.DirMode); err != nil {
+		return fmt.Errorf("create parent of socket directory %s: %w", dir, err)
 	}
-	if err := os.Chmod(dir, a.cfg.DirMode); err != nil {
-		return fmt.Errorf("set mode of socket directory %s: %w", dir, err)
+	// Only a directory the agent creates is its own to set: one that
+	// exists already (/tmp, a mounted volume) keeps the mode its owner
+	// gave it. The chmod makes the new one's mode exact despite the umask.
+	switch err := os.Mkdir(dir, a.cfg.DirMode); {
+	case err == nil:
+		if err := os.Chmod(dir, a.cfg.DirMode); err != nil {
+			return fmt.Errorf("set mode of socket directory %s: %w", dir, err)
+		}
+	case errors.Is(err, fs.ErrExist):
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("socket directory %s: %w", dir, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("socket directory %s is not a directory", dir)
+		}
+	default:
+		return fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
 	if _, err := os.Lstat(a.cfg.Socket); err == nil {
 		if c, err := net.Dial("unixpacket", a.cfg.Socket); err == nil {
