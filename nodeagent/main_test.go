@@ -41,6 +41,10 @@ func runChild(role string) int {
 	switch role {
 	case "app":
 		return runAppChild(socket)
+	case "idle":
+		// A process that only exists, until its stdin closes.
+		io.Copy(io.Discard, os.Stdin)
+		return 0
 	case "admin":
 		ac, err := admin.Dial(socket)
 		if err != nil {
