@@ -213,6 +213,10 @@ var errPairClosed = errors.New("pair closed")
 // says nothing within finalWordGrace, the agent shuts the pair's read
 // side: a Commit already queued is still read and honoured, and a later
 // one fails at the source, which then keeps serving.
+//
+// The result's pause runs from the source's freeze to its letting go as
+// the agent saw it; the delivery to a claimant reports the whole pause,
+// up to the claimant serving.
 func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string), beforeReady func() error) (admin.Result, *stored) {
 	start := time.Now()
 	res := admin.Result{TxID: t.id, From: src.id}
@@ -249,6 +253,7 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 		// word, once Ready is sent, brings the source's word on the
 		// pair: nil for Commit, errPairClosed, or why it aborted.
 		word  chan error
+		letGo uint64        // when word came (CLOCK_MONOTONIC, like the source's freeze stamp)
 		cause *wire.Failure // why the agent asked the source to abort after Ready
 		grace <-chan time.Time
 		shut  bool // the agent shut the pair's read side: the source can no longer commit
@@ -328,6 +333,7 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 					} else if errors.Is(err, wire.ErrClosed) {
 						err = errPairClosed
 					}
+					letGo = wire.Monotonic()
 					word <- err
 				}()
 			case wire.TypeAbort:
@@ -361,7 +367,7 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 			res.Listeners, res.Connections, res.Packets = int(rc.sum.Listeners), int(rc.sum.Conns), int(rc.sum.Packets)
 			res.Batches, res.StateBytes = int(rc.sum.Batches), rc.sum.StateBytes
 			progress("Stored", fmt.Sprintf("holding %d descriptors", e.fds()))
-			return t.result(res, start, nil, nil, 0, 0), e
+			return t.result(res, start, nil, &e.sum, letGo, 0), e
 		case <-deadline.C:
 			f := failure(wire.CodeDeadline, "deadline of %v passed while storing", timeout)
 			if word == nil {

@@ -101,8 +101,8 @@ func storeOK(t *testing.T, at *agentT, from uint64, hold time.Duration, conns in
 	if err != nil {
 		t.Fatalf("store: %v", err)
 	}
-	if res.Phase != nodeagent.PhaseCompleted || res.Listeners != 1 || res.Connections != conns {
-		t.Fatalf("store result %+v: want Completed with 1 listener and %d connections", res, conns)
+	if res.Phase != nodeagent.PhaseCompleted || res.Listeners != 1 || res.Connections != conns || res.PauseNS <= 0 {
+		t.Fatalf("store result %+v: want Completed with 1 listener and %d connections, and the source's pause", res, conns)
 	}
 }
 

@@ -2,6 +2,7 @@ package nodeagent_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -218,4 +219,34 @@ func TestStoreCompletingAfterStop(t *testing.T) {
 	t.Logf("store: %+v", res)
 	p.expectReleased(t)
 	at.waitLog(t, "closing stored descriptors", "name", "svc", "reason", "agent shutting down")
+}
+
+// TestStorePause: a store reports as its pause the time from the source's
+// freeze to its letting go, in its result and in its log line, rather
+// than a pause of 0s.
+func TestStorePause(t *testing.T) {
+	at := startAgentT(t, nodeagent.Config{})
+	src, id := join(t, at, "svc", false)
+	done := storeAsync(at, id, time.Minute)
+	txid, pair := recvPrepare(t, src)
+	p := newProbe(t)
+	send(t, src, wire.TypeBatch, txid, listenerBatch(1), p.w)
+	p.closeWrite()
+	// The source says it froze a quarter of a second ago.
+	const frozen = 250 * time.Millisecond
+	freeze := wire.Monotonic() - uint64(frozen)
+	send(t, src, wire.TypeExported, txid, wire.Summary{Listeners: 1, Batches: 1, FreezeStartNS: freeze}.Marshal())
+	recvType(t, pair, wire.TypeReady)
+	send(t, pair, wire.TypeCommit, txid, nil)
+	res := waitStore(t, done)
+	upper := time.Duration(wire.Monotonic() - freeze)
+	if res.Phase != nodeagent.PhaseCompleted || res.Pause() < frozen || res.Pause() > upper {
+		t.Fatalf("store result %+v: want Completed with a pause between %v and %v", res, frozen, upper)
+	}
+	l := at.waitLog(t, "migration completed", "txid", txid)
+	if pause, _ := time.ParseDuration(fmt.Sprint(l["pause"])); pause != res.Pause() {
+		t.Fatalf("logged pause %v, want the result's %v", l["pause"], res.Pause())
+	}
+	at.stop()
+	p.expectReleased(t)
 }
