@@ -250,6 +250,10 @@ type session struct {
 	standby bool
 	since   time.Time
 	ident   podid.Identity // zero unless Config.Identify identified the peer
+	// welcomed is closed once the Welcome went out (or could not): a
+	// session is listed before that, so that a client that has its Welcome
+	// sees itself listed, and every other message waits for it.
+	welcomed chan struct{}
 
 	mu    sync.Mutex
 	tx    *txn // the transaction this session takes part in
@@ -268,6 +272,9 @@ func (s *session) String() string {
 }
 
 func (s *session) send(t wire.Type, txid uint64, body []byte, fds []int) error {
+	if t != wire.TypeWelcome && s.welcomed != nil {
+		<-s.welcomed // a Begin or Prepare must never overtake the Welcome
+	}
 	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, TxID: txid}, Body: body, FDs: fds})
 }
 
@@ -310,7 +317,8 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 		return
 	}
 	c.SetVersion(v)
-	s := &session{conn: c, peer: peer, name: h.Name, role: h.Role, standby: h.Flags&wire.HelloStandby != 0, since: time.Now(), state: "active"}
+	s := &session{conn: c, peer: peer, name: h.Name, role: h.Role, standby: h.Flags&wire.HelloStandby != 0, since: time.Now(), state: "active",
+		welcomed: make(chan struct{})}
 	if s.standby {
 		s.state = "standby"
 	}
@@ -345,6 +353,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 			a.mu.Unlock()
 		}()
 		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeWelcome}, Body: wire.Welcome{Version: uint16(v), PID: uint32(peer.PID)}.Marshal()})
+		close(s.welcomed)
 		a.serveAdmin(s)
 		return
 	case wire.RoleApp:
@@ -380,7 +389,9 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	if claim != nil {
 		w.Flags |= wire.WelcomePending
 	}
-	if err := s.send(wire.TypeWelcome, 0, w.Marshal(), nil); err != nil {
+	err = s.send(wire.TypeWelcome, 0, w.Marshal(), nil)
+	close(s.welcomed)
+	if err != nil {
 		if claim != nil {
 			a.release(claim)
 		}
