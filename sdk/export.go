@@ -481,11 +481,25 @@ func (x *exportTx) run() {
 
 	step("exported")
 	pairMsg := make(chan error, 1)
+	var targetAbort *wire.Failure // set before pairMsg is sent
 	go func() {
 		m, err := x.pair.Recv()
 		if err == nil {
 			m.CloseFDs()
-			if m.Type != wire.TypeReady {
+			switch m.Type {
+			case wire.TypeReady:
+			case wire.TypeAbort:
+				// The target called it off and says why on the pair too,
+				// so the agent hears the real reason whichever of us
+				// tells it first.
+				var f wire.Failure
+				if uerr := f.Unmarshal(m.Body); uerr != nil {
+					f = wire.Failure{Code: wire.CodeMalformed, Reason: uerr.Error()}
+				}
+				f.Reason = "target: " + f.Reason
+				targetAbort = &f
+				err = fmt.Errorf("target aborted: %v", f)
+			default:
 				err = fmt.Errorf("%w: %v on the pair, expected ready", wire.ErrMalformed, m.Type)
 			}
 		}
@@ -493,6 +507,10 @@ func (x *exportTx) run() {
 	}()
 	select {
 	case err := <-pairMsg:
+		if targetAbort != nil {
+			x.abort(*targetAbort, true)
+			return
+		}
 		if err != nil {
 			fail(wire.CodeTargetLost, "target went away before it was ready: %v", err)
 			return

@@ -402,17 +402,24 @@ func testSourceCrash(t *testing.T) {
 }
 
 // testTargetEMFILE gives the target too few descriptors for what it
-// receives.
+// receives. The target fails with batches still queued for it, and the
+// agent and the source must both learn the real reason, not a lost
+// target: the attempt is repeated because a lost reason was a race that
+// one attempt often won.
 func testTargetEMFILE(t *testing.T) {
+	const attempts = 6
 	f := setupSource(t, 300)
-	dst := startStreamer(t, f.ta.socket, true, "NOFILE=64")
-	ds := f.ta.join(t, dst.pid)
-	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)
-	if err != nil {
-		t.Fatal(err)
+	for i := range attempts {
+		dst := startStreamer(t, f.ta.socket, true, "NOFILE=64")
+		ds := f.ta.join(t, dst.pid)
+		res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d of %d", i+1, attempts)
+		wantFailed(t, res, wire.CodeName(wire.CodeImport))
+		wantAborted(t, dst)
 	}
-	wantFailed(t, res, wire.CodeName(wire.CodeImport))
-	wantAborted(t, dst)
 	f.checkSourceResumed(t)
 }
 

@@ -27,7 +27,16 @@ type incoming struct {
 
 	gates   []*sockGate
 	onAbort []func()
+
+	// ended is set once End arrived: the agent sends nothing more on
+	// the session for this transaction.
+	ended bool
 }
+
+// abortDrainBound bounds how long a target that called a handoff off
+// keeps reading its agent session. The agent answers the Abort with one
+// of its own once the source confirmed, usually within milliseconds.
+const abortDrainBound = 2 * time.Second
 
 func (in *incoming) claimListener(k string) net.Listener {
 	ln := in.listeners[k]
@@ -165,6 +174,7 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 			if err := sum.Unmarshal(m.Body); err != nil {
 				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 			}
+			in.ended = true
 			if in.err != nil {
 				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
 			}
@@ -189,11 +199,51 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 
 // abortIncoming drops what arrived and tells the agent why.
 func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
-	in.closeAll()
 	f := wire.Failure{Code: code, Reason: cause.Error()}
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
+	if in.pair != nil {
+		// The source learns of the close on the pair, maybe before the
+		// agent reads our Abort: the reason goes there too, so that the
+		// source does not report a lost target instead.
+		_ = in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
+	}
+	in.closeAll()
+	err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
 	p.logf("incoming handoff %d aborted: %v", in.txid, f)
+	if err == nil && !in.ended {
+		p.drainAgent(in.txid)
+	}
 	return fmt.Errorf("%w: %v", ErrAborted, f)
+}
+
+// drainAgent reads and discards what the agent still sends for a
+// transaction this process called off, until the agent ends it (Abort),
+// nothing more can come (End, a closed session) or abortDrainBound passes.
+// Closing the session with batches still queued unread would make the
+// kernel reset the agent's end, and the agent would then see ECONNRESET or
+// EPIPE before it reads our Abort and report a lost target instead of the
+// real reason.
+func (p *Process) drainAgent(txid uint64) {
+	c := p.agent
+	c.SetReadDeadline(time.Now().Add(abortDrainBound))
+	defer c.SetReadDeadline(time.Time{})
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			// A message the kernel truncated (this process may still be
+			// out of descriptors) or that does not decode is dropped and
+			// its descriptors closed by Recv; a socket error ends the
+			// drain.
+			var oe *net.OpError
+			if errors.As(err, &oe) || errors.Is(err, wire.ErrClosed) {
+				return
+			}
+			continue
+		}
+		m.CloseFDs()
+		if m.TxID == txid && (m.Type == wire.TypeAbort || m.Type == wire.TypeEnd) {
+			return
+		}
+	}
 }
 
 // adopt turns one batch's descriptors into net objects. A connection's
