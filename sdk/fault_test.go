@@ -3,6 +3,7 @@ package handoff_test
 import (
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -12,9 +13,11 @@ import (
 // applyChildFaults arms the faults a test asked the child for:
 // CRASH_AT=step kills the process with SIGKILL at that protocol step,
 // STALL_AT=step:duration stalls it there, NOFILE=n lowers its open-file
-// limit so the import meets EMFILE.
+// limit so the import meets EMFILE, HOLD_AT=step:path holds the process
+// at that step until the test creates path.
 func applyChildFaults() {
 	crash := os.Getenv("CRASH_AT")
+	holdAt, holdPath, _ := strings.Cut(os.Getenv("HOLD_AT"), ":")
 	stallAt, stallFor := "", time.Duration(0)
 	if s := os.Getenv("STALL_AT"); s != "" {
 		for i := range s {
@@ -24,11 +27,19 @@ func applyChildFaults() {
 			}
 		}
 	}
-	if crash != "" || stallAt != "" {
+	if crash != "" || stallAt != "" || holdAt != "" {
 		handoff.SetTestHook(func(step string) {
 			if step == crash {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
+			}
+			if step == holdAt {
+				// Bounded poll for the test's go-ahead.
+				for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+					if _, err := os.Stat(holdPath); err == nil {
+						break
+					}
+				}
 			}
 			if step == stallAt {
 				time.Sleep(stallFor) // the fault itself: a process stuck at this step

@@ -298,6 +298,7 @@ func TestFaults(t *testing.T) {
 	t.Run("TargetCrash", testTargetCrash)
 	t.Run("AgentCrash", testAgentCrash)
 	t.Run("SourceCrash", testSourceCrash)
+	t.Run("SourceCrashAfterExport", testSourceCrashAfterExport)
 	t.Run("TargetEMFILE", testTargetEMFILE)
 	t.Run("Deadline", testDeadline)
 }
@@ -399,6 +400,55 @@ func testSourceCrash(t *testing.T) {
 	}
 	next.waitReady(t)
 	ld2.advance(t)
+}
+
+// testSourceCrashAfterExport kills the source right after it exported
+// everything, and lets the target say Ready only once the source is dead:
+// the source's copies are gone, so the target must take over and serve
+// every stream rather than drop what it holds.
+func testSourceCrashAfterExport(t *testing.T) {
+	const streams = 100
+	f := setupSource(t, streams, "CRASH_AT=exported")
+	gate := filepath.Join(t.TempDir(), "go-ahead")
+	dst := startStreamer(t, f.ta.socket, true, "HOLD_AT=before-ready:"+gate)
+	ds := f.ta.join(t, dst.pid)
+	type answer struct {
+		res admin.Result
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)
+		done <- answer{res, err}
+	}()
+	if err := f.src.wait(childTimeout); !killedBySIGKILL(err) {
+		t.Fatalf("source ended with %v, want SIGKILL after exported", err)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if a.res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("migration %s: %s: %s; want the target to take over", a.res.Phase, a.res.Reason, a.res.Message)
+	}
+	dst.waitReady(t)
+	// Short connections in flight are imported too.
+	if dst.imported < streams {
+		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
+	}
+	if l := dst.line("RESUMED", childTimeout); field(l, "imported") != strconv.Itoa(dst.imported) {
+		t.Fatalf("target reports %q, want all %d imported connections carrying on", l, dst.imported)
+	}
+	f.load.advance(t)
+	f.load.stopShort(t)
+	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	} else {
+		t.Logf("client: %s", st)
+	}
 }
 
 // testTargetEMFILE gives the target too few descriptors for what it

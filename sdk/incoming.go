@@ -325,8 +325,13 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	p.mu.Unlock()
 	step("before-ready")
 	counts := wire.Summary{Conns: uint32(len(in.conns))}
-	if err := in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: in.txid}, Body: counts.Marshal()}); err != nil {
-		return nil, p.abortIncoming(in, wire.CodeTargetLost, fmt.Errorf("tell the source we are ready: %w", err))
+	sendErr := in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: in.txid}, Body: counts.Marshal()})
+	if sendErr != nil {
+		// The source closed its end: it decided and left (Abort or
+		// Commit is queued on the pair), or it exited after exporting
+		// everything. Only what the pair holds tells which, so read it
+		// rather than drop live copies the source no longer has.
+		p.logf("could not tell the source we are ready (%v); reading what it left on the pair", sendErr)
 	}
 	m, err := in.pair.Recv()
 	switch {
@@ -347,6 +352,9 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 		if err == nil {
 			m.CloseFDs()
 			err = fmt.Errorf("%w: %v on the pair", wire.ErrMalformed, m.Type)
+		}
+		if sendErr != nil {
+			err = fmt.Errorf("tell the source we are ready: %w; then %w", sendErr, err)
 		}
 		return nil, p.abortIncoming(in, wire.CodeUnexpected, err)
 	}
