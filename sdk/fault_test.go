@@ -14,9 +14,11 @@ import (
 // CRASH_AT=step kills the process with SIGKILL at that protocol step,
 // STALL_AT=step:duration stalls it there, NOFILE=n lowers its open-file
 // limit so the import meets EMFILE, HOLD_AT=step:path holds the process
-// at that step until the test creates path.
+// at that step until the test creates path, STOP_AT=step stops it there
+// with SIGSTOP.
 func applyChildFaults() {
 	crash := os.Getenv("CRASH_AT")
+	stop := os.Getenv("STOP_AT")
 	holdAt, holdPath, _ := strings.Cut(os.Getenv("HOLD_AT"), ":")
 	stallAt, stallFor := "", time.Duration(0)
 	if s := os.Getenv("STALL_AT"); s != "" {
@@ -27,11 +29,14 @@ func applyChildFaults() {
 			}
 		}
 	}
-	if crash != "" || stallAt != "" || holdAt != "" {
+	if crash != "" || stallAt != "" || holdAt != "" || stop != "" {
 		handoff.SetTestHook(func(step string) {
 			if step == crash {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
+			}
+			if step == stop {
+				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
 			}
 			if step == holdAt {
 				// Bounded poll for the test's go-ahead.

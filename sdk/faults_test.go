@@ -301,6 +301,7 @@ func TestFaults(t *testing.T) {
 	t.Run("SourceCrashAfterExport", testSourceCrashAfterExport)
 	t.Run("TargetEMFILE", testTargetEMFILE)
 	t.Run("Deadline", testDeadline)
+	t.Run("SourceStoppedAfterExport", testSourceStoppedAfterExport)
 }
 
 // testTargetCrash kills the target with SIGKILL at each of its
@@ -488,6 +489,26 @@ func testDeadline(t *testing.T) {
 	// Once unstuck, the target learns the source called it off and drops
 	// everything.
 	wantAborted(t, dst)
+}
+
+// testSourceStoppedAfterExport stops the source (SIGSTOP) right after it
+// exported everything: the target's Ready must give up by the deadline
+// and drop what it holds, and the source, once continued, must find the
+// pair closed and serve on.
+func testSourceStoppedAfterExport(t *testing.T) {
+	f := setupSource(t, 100, "STOP_AT=exported")
+	dst := startStreamer(t, f.ta.socket, true)
+	ds := f.ta.join(t, dst.pid)
+	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFailed(t, res, wire.CodeName(wire.CodeDeadline))
+	wantAborted(t, dst)
+	if err := syscall.Kill(f.src.pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("continue the source: %v", err)
+	}
+	f.checkSourceResumed(t)
 }
 
 // TestBackAndForth50 migrates a live streamer under load 50 times, each

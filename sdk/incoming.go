@@ -28,6 +28,10 @@ type incoming struct {
 	gates   []*sockGate
 	onAbort []func()
 
+	// deadline is when the transaction's time runs out, counted from
+	// Begin; the source's own deadline, counted from Prepare, is earlier.
+	deadline time.Time
+
 	// ended is set once End arrived: the agent sends nothing more on
 	// the session for this transaction.
 	ended bool
@@ -37,6 +41,12 @@ type incoming struct {
 // keeps reading its agent session. The agent answers the Abort with one
 // of its own once the source confirmed, usually within milliseconds.
 const abortDrainBound = 2 * time.Second
+
+// readyGrace is how long past the transaction's deadline a target that
+// said Ready waits for the source's decision. The source decides by its
+// own, earlier deadline; the grace keeps a Commit sent just in time from
+// meeting a target that already gave up.
+const readyGrace = time.Second
 
 func (in *incoming) claimListener(k string) net.Listener {
 	ln := in.listeners[k]
@@ -126,8 +136,8 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 	}
 	step("begin")
-	deadline := time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
-	c.SetReadDeadline(deadline)
+	in.deadline = time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
+	c.SetReadDeadline(in.deadline)
 	defer c.SetReadDeadline(time.Time{})
 
 	var got wire.Summary
@@ -333,6 +343,10 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 		// rather than drop live copies the source no longer has.
 		p.logf("could not tell the source we are ready (%v); reading what it left on the pair", sendErr)
 	}
+	// A source that hangs or is stopped must not hold Ready forever. If
+	// it wakes later it finds the pair closed: its Commit fails and it
+	// resumes.
+	in.pair.SetReadDeadline(in.deadline.Add(readyGrace))
 	m, err := in.pair.Recv()
 	switch {
 	case err == nil && m.Type == wire.TypeCommit:
@@ -348,6 +362,8 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 		// The source exited after exporting everything: its copies are
 		// gone, so taking over loses nothing and duplicates nothing.
 		p.logf("the source closed the transaction without a decision after exporting everything; taking over")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, p.abortIncoming(in, wire.CodeDeadline, fmt.Errorf("the source decided nothing within the deadline of %dms: %w", in.begin.TimeoutMS, err))
 	default:
 		if err == nil {
 			m.CloseFDs()
