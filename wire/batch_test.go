@@ -237,6 +237,26 @@ func TestStateMemfd(t *testing.T) {
 	}
 	unix.Close(empty)
 
+	// A memfd (or any regular file) the sender could still change.
+	for _, seals := range []int{0, unix.F_SEAL_SHRINK | unix.F_SEAL_GROW, unix.F_SEAL_WRITE | unix.F_SEAL_GROW} {
+		open, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.Pwrite(open, data, 0); err != nil {
+			t.Fatal(err)
+		}
+		if seals != 0 {
+			if _, err := unix.FcntlInt(uintptr(open), unix.F_ADD_SEALS, seals); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := ReadStateMemfd(open, uint64(len(data))); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "not sealed") {
+			t.Fatalf("memfd with seals %#x read: %v, want ErrMalformed naming the seals", seals, err)
+		}
+		unix.Close(open)
+	}
+
 	p := pipes(t, 1)
 	if _, err := ReadStateMemfd(p[0], 0); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("pipe as state memfd: %v", err)

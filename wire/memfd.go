@@ -30,7 +30,8 @@ func NewStateMemfd(data []byte) (int, error) {
 }
 
 // ReadStateMemfd reads exactly want bytes from a received state memfd. It
-// refuses a file of another size. It does not close fd.
+// refuses a file that is not sealed against writes and resizing, or of
+// another size. It does not close fd.
 func ReadStateMemfd(fd int, want uint64) ([]byte, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -38,6 +39,17 @@ func ReadStateMemfd(fd int, want uint64) ([]byte, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, fmt.Errorf("state memfd: %w: not a regular file (mode %#o)", ErrMalformed, st.Mode)
+	}
+	// Without these seals the sender could still grow, shrink or rewrite
+	// the file while we read it, and the size just checked would mean
+	// nothing.
+	const need = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fmt.Errorf("state memfd: %w: cannot read its seals: %v", ErrMalformed, err)
+	}
+	if seals&need != need {
+		return nil, fmt.Errorf("state memfd: %w: not sealed against writes and resizing (seals %#x)", ErrMalformed, seals)
 	}
 	if uint64(st.Size) != want {
 		return nil, fmt.Errorf("state memfd: %w: %d bytes, batch announces %d", ErrMalformed, st.Size, want)
