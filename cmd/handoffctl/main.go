@@ -81,9 +81,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return printJSON(stdout, r)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tPID\tUID\tSTATE\tAGE")
+		// Under Kubernetes the agent knows each process's pod and
+		// container from the kernel: show them then, and only then.
+		pods := false
 		for _, s := range r.Sessions {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\n", s.ID, s.Name, s.PID, s.UID, s.State, time.Since(s.Since).Round(time.Second))
+			pods = pods || s.PodUID != ""
+		}
+		if pods {
+			fmt.Fprintln(tw, "ID\tNAME\tPID\tUID\tSTATE\tAGE\tPOD UID\tCONTAINER")
+		} else {
+			fmt.Fprintln(tw, "ID\tNAME\tPID\tUID\tSTATE\tAGE")
+		}
+		for _, s := range r.Sessions {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s", s.ID, s.Name, s.PID, s.UID, s.State, time.Since(s.Since).Round(time.Second))
+			if pods {
+				fmt.Fprintf(tw, "\t%s\t%.12s", orDash(s.PodUID), orDash(s.ContainerID))
+			}
+			fmt.Fprintln(tw)
 		}
 		tw.Flush()
 		for _, s := range r.Stored {
@@ -165,4 +179,11 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
