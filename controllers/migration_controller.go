@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/client"
@@ -38,6 +39,11 @@ type MigrationReconciler struct {
 	AgentGrace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AgentSelector selects the node agent's pods. When set, a Migration
+	// whose agent has not reported fails with AgentUnavailable once no
+	// Running agent pod has been on its node for AgentGrace after
+	// scheduling; nil leaves absent agents to the deadline.
+	AgentSelector labels.Selector
 }
 
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch;patch
@@ -81,6 +87,13 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req reconcile.Reque
 		}
 		if err := r.checkNode(ctx, mig); err != nil {
 			return reconcile.Result{}, err
+		}
+		res, err := r.checkAgent(ctx, mig)
+		if err != nil || res.RequeueAfter > 0 {
+			if d := r.deadline(mig); d.RequeueAfter > 0 && d.RequeueAfter < res.RequeueAfter {
+				res = d
+			}
+			return res, err
 		}
 	}
 	return r.deadline(mig), nil
@@ -228,6 +241,30 @@ func (r *MigrationReconciler) checkNode(ctx context.Context, mig *v1alpha1.Migra
 		return fmt.Errorf("get node %s of migration %s/%s: %w", mig.Status.NodeName, mig.Namespace, mig.Name, err)
 	}
 	return nil
+}
+
+// checkAgent fails a scheduled Migration that no agent has picked up when
+// no agent pod runs on its node: waiting for the deadline would only delay
+// the news. It allows AgentGrace after scheduling, for an agent restarting.
+func (r *MigrationReconciler) checkAgent(ctx context.Context, mig *v1alpha1.Migration) (reconcile.Result, error) {
+	if r.AgentSelector == nil || mig.Status.Phase.Final() || mig.Status.StartTime == nil ||
+		meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred) != nil {
+		return reconcile.Result{}, nil
+	}
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, ctrl.MatchingLabelsSelector{Selector: r.AgentSelector}, ctrl.MatchingFields{nodeIndex: mig.Status.NodeName}); err != nil {
+		return reconcile.Result{}, fmt.Errorf("list node agent pods on %s for migration %s/%s: %w", mig.Status.NodeName, mig.Namespace, mig.Name, err)
+	}
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			return reconcile.Result{}, nil
+		}
+	}
+	if left := mig.Status.StartTime.Add(r.grace()).Sub(r.now()); left > 0 {
+		return reconcile.Result{RequeueAfter: left}, nil
+	}
+	r.fail(mig, v1alpha1.ReasonAgentUnavailable, fmt.Sprintf("no handoff node agent pod (%s) runs on node %s, so nobody can perform the migration; nothing was moved. Is the agent DaemonSet scheduled there (taints, node selector)?", r.AgentSelector, mig.Status.NodeName))
+	return reconcile.Result{}, nil
 }
 
 // deadline fails a Migration whose time is up and otherwise asks to be

@@ -17,6 +17,9 @@ import (
 // wakes exactly the Migrations that wait for it.
 const podIndex = "spec.pods"
 
+// nodeIndex indexes Pods by node, to find the agent pod of a node.
+const nodeIndex = "spec.nodeName"
+
 // SetupWithManager registers the reconciler, its index and its watches.
 func (r *MigrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	if r.Client == nil {
@@ -31,6 +34,12 @@ func (r *MigrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 	})
 	if err != nil {
 		return fmt.Errorf("index migrations by pod: %w", err)
+	}
+	err = mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, nodeIndex, func(o client.Object) []string {
+		return []string{o.(*corev1.Pod).Spec.NodeName}
+	})
+	if err != nil {
+		return fmt.Errorf("index pods by node: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("migration").

@@ -64,6 +64,9 @@ const (
 	ReasonNodeAssigned = "NodeAssigned"
 	// ReasonNodeNotFound: the node the Migration was scheduled to is gone.
 	ReasonNodeNotFound = "NodeNotFound"
+	// ReasonAgentUnavailable: no node agent pod runs on the node, so no
+	// agent can perform the migration.
+	ReasonAgentUnavailable = "AgentUnavailable"
 	// ReasonDeadlineExceeded: the timeout passed before the agent reported
 	// an outcome.
 	ReasonDeadlineExceeded = "DeadlineExceeded"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,7 +27,8 @@ func main() {
 		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 		leader      = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
 		leaderNS    = flag.String("leader-election-namespace", "", "namespace of the leader lease (default: the pod's namespace)")
-		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded")
+		agentSel    = flag.String("agent-selector", "app.kubernetes.io/name=handoff,app.kubernetes.io/component=nodeagent", "label selector of the node agent's pods: a Migration on a node without a running one fails with AgentUnavailable (empty: wait for the deadline instead)")
+		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded, and after scheduling for an agent pod to run on the node")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -57,7 +59,16 @@ func main() {
 		os.Exit(1)
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := (&controllers.MigrationReconciler{AgentGrace: *grace}).SetupWithManager(ctx, mgr); err != nil {
+	rec := &controllers.MigrationReconciler{AgentGrace: *grace}
+	if *agentSel != "" {
+		sel, err := labels.Parse(*agentSel)
+		if err != nil {
+			log.Error(err, "bad --agent-selector", "selector", *agentSel)
+			os.Exit(2)
+		}
+		rec.AgentSelector = sel
+	}
+	if err := rec.SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "set up the migration controller")
 		os.Exit(1)
 	}

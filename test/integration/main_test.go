@@ -25,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -189,7 +190,19 @@ func newCluster(t *testing.T) (*cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)
 	}
-	c := &cluster{agents: map[string]*nodeAgent{}, ctl: &controllers.MigrationReconciler{AgentGrace: 2 * time.Second}}
+	c := &cluster{agents: map[string]*nodeAgent{}, ctl: &controllers.MigrationReconciler{AgentGrace: 2 * time.Second,
+		AgentSelector: labels.SelectorFromSet(agentPodLabels)}}
+	// The node agents' pods as the controller sees them: node-a and node-b
+	// run real agents in this process, node-c only a pod (an agent that
+	// never reports); a node without one has no agent at all.
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: agentNamespace}}); err != nil {
+		return nil, fmt.Errorf("create namespace %s: %w", agentNamespace, err)
+	}
+	for _, n := range []string{"node-a", "node-b", "node-c"} {
+		if err := createAgentPod(ctx, n); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.ctl.SetupWithManager(ctx, mgr); err != nil {
 		return nil, err
 	}
@@ -236,6 +249,27 @@ func newCluster(t *testing.T) (*cluster, error) {
 		c.agents[n] = na
 	}
 	return c, nil
+}
+
+// agentPodLabels mark the stand-ins for the agent DaemonSet's pods.
+var agentPodLabels = labels.Set{"app.kubernetes.io/name": "handoff", "app.kubernetes.io/component": "nodeagent"}
+
+const agentNamespace = "handoff-system"
+
+// createAgentPod creates a Running agent pod object on node.
+func createAgentPod(ctx context.Context, node string) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentNamespace, Name: "nodeagent-" + node, Labels: agentPodLabels},
+		Spec:       corev1.PodSpec{NodeName: node, HostPID: true, Containers: []corev1.Container{{Name: "nodeagent", Image: "handoff:v0.1.0"}}},
+	}
+	if err := k8s.Create(ctx, pod); err != nil {
+		return fmt.Errorf("create agent pod on %s: %w", node, err)
+	}
+	pod.Status.Phase = corev1.PodRunning
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		return fmt.Errorf("set agent pod on %s running: %w", node, err)
+	}
+	return nil
 }
 
 // proc is a streamer child process standing in for a container.

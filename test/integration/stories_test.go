@@ -517,6 +517,9 @@ func TestNodeDeleted(t *testing.T) {
 	if err := k8s.Create(context.Background(), node); err != nil {
 		t.Fatal(err)
 	}
+	if err := createAgentPod(context.Background(), node.Name); err != nil {
+		t.Fatal(err)
+	}
 	createPod(t, ns, "a", node.Name, true)
 	createPod(t, ns, "b", node.Name, true)
 	mig := migration(ns, "stranded", "a", "b", time.Hour)
@@ -531,4 +534,28 @@ func TestNodeDeleted(t *testing.T) {
 	if !strings.Contains(got.Status.Message, node.Name) {
 		t.Errorf("message %q does not name the node", got.Status.Message)
 	}
+}
+
+// TestAgentUnavailable: no agent pod runs on the Migration's node; the
+// controller fails it with AgentUnavailable after the grace, long before
+// its deadline.
+func TestAgentUnavailable(t *testing.T) {
+	startCluster(t)
+	ns := namespace(t)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-bare-" + ns}}
+	if err := k8s.Create(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, ns, "a", node.Name, true)
+	createPod(t, ns, "b", node.Name, true)
+	mig := migration(ns, "unattended", "a", "b", time.Hour)
+	start := time.Now()
+	if err := k8s.Create(context.Background(), mig); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFinal(t, mig, v1alpha1.PhaseFailed, v1alpha1.ReasonAgentUnavailable)
+	if !strings.Contains(got.Status.Message, node.Name) || !strings.Contains(got.Status.Message, "nothing was moved") {
+		t.Errorf("message %q does not name the node or say nothing moved", got.Status.Message)
+	}
+	t.Logf("failed after %v (grace 2s, timeout 1h)", time.Since(start))
 }
