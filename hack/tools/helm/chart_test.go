@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 func TestChartDefaults(t *testing.T) {
@@ -17,7 +19,7 @@ func TestChartDefaults(t *testing.T) {
 
 	var d appsv1.Deployment
 	mustFind(t, objs, "Deployment", "handoff-manager").decode(t, &d)
-	checkManager(t, d, "handoff-manager")
+	checkManager(t, d, "handoff-manager", chartAgentSelector)
 	var ds appsv1.DaemonSet
 	mustFind(t, objs, "DaemonSet", "handoff-nodeagent").decode(t, &ds)
 	checkNodeAgent(t, ds, "handoff-nodeagent")
@@ -279,8 +281,17 @@ func TestChartMatchesKustomize(t *testing.T) {
 	// Rules and bindings: checkRBAC holds both to the generated roles.
 }
 
+// chartAgentSelector is the one flag the chart adds to config/default's:
+// the manager's default selector is right for config/default, not for every
+// release (TestAgentSelectorFindsAgents).
+const chartAgentSelector = "--agent-selector=app.kubernetes.io/name=handoff,app.kubernetes.io/instance=handoff,app.kubernetes.io/component=nodeagent"
+
 func comparePodSpecs(t *testing.T, what string, chart, kust corev1.PodSpec) {
 	t.Helper()
+	chart = *chart.DeepCopy()
+	for i := range chart.Containers {
+		chart.Containers[i].Args = slices.DeleteFunc(chart.Containers[i].Args, func(a string) bool { return a == chartAgentSelector })
+	}
 	if !semanticEqual(chart, kust) {
 		t.Errorf("%s pod spec: chart\n%s\nkustomize\n%s", what, asYAML(chart), asYAML(kust))
 	}
@@ -290,5 +301,70 @@ func TestChartRefusesUnelectedReplicas(t *testing.T) {
 	_, err := renderChart(renderOptions{Chart: chartDir(), Values: values(t, "manager.replicas=2", "manager.leaderElect=false")})
 	if err == nil || !strings.Contains(err.Error(), "leaderElect") {
 		t.Fatalf("two replicas without leader election: error %v, want one naming leaderElect", err)
+	}
+}
+
+// TestAgentSelectorFindsAgents checks that the manager's --agent-selector
+// (or its default, read from cmd/manager/main.go) selects the node agent's
+// pods, and only one release's: a selector that misses them fails every
+// Migration with AgentUnavailable.
+func TestAgentSelectorFindsAgents(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join(root, "cmd", "manager", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`flag\.String\(\s*"agent-selector",\s*"([^"]*)"`).FindSubmatch(src)
+	if m == nil {
+		t.Fatalf("cmd/manager/main.go defines no --agent-selector string flag")
+	}
+	def := string(m[1])
+
+	type install struct {
+		name string
+		objs []object
+	}
+	ho := renderRelease(t, "ho", "ops", "nameOverride=ho")
+	edge := renderRelease(t, "edge", "ops")
+	installs := []install{
+		{"config/default", buildDefaultKustomization(t)},
+		{"chart", renderDefault(t)},
+		{"chart nameOverride=ho", parseObjects(t, "release ho", []byte(ho.Manifest))},
+		{"chart release edge", parseObjects(t, "release edge", []byte(edge.Manifest))},
+	}
+	agentPods := func(in install) labels.Set {
+		ds := kinds(in.objs, "DaemonSet")
+		if len(ds) != 1 {
+			t.Fatalf("%s: %d DaemonSets", in.name, len(ds))
+		}
+		var d appsv1.DaemonSet
+		ds[0].decode(t, &d)
+		return labels.Set(d.Spec.Template.Labels)
+	}
+	selector := func(in install) labels.Selector {
+		deps := kinds(in.objs, "Deployment")
+		if len(deps) != 1 {
+			t.Fatalf("%s: %d Deployments", in.name, len(deps))
+		}
+		var d appsv1.Deployment
+		deps[0].decode(t, &d)
+		expr := def
+		for _, a := range container(t, d.Spec.Template.Spec, "manager").Args {
+			if v, ok := strings.CutPrefix(a, "--agent-selector="); ok {
+				expr = v
+			}
+		}
+		sel, err := labels.Parse(expr)
+		if err != nil || sel.Empty() {
+			t.Fatalf("%s: agent selector %q: %v", in.name, expr, err)
+		}
+		return sel
+	}
+	for _, in := range installs {
+		if sel := selector(in); !sel.Matches(agentPods(in)) {
+			t.Errorf("%s: the manager's agent selector %q does not select the agent pods %v", in.name, sel, agentPods(in))
+		}
+	}
+	if sel := selector(installs[1]); sel.Matches(agentPods(installs[3])) {
+		t.Errorf("release handoff's agent selector %q also selects release edge's agents", sel)
 	}
 }

@@ -233,8 +233,9 @@ func checkSelector(t *testing.T, what string, sel map[string]string, podLabels m
 }
 
 // checkManager asserts what the brief and cmd/manager require of the
-// manager Deployment.
-func checkManager(t *testing.T, d appsv1.Deployment, sa string) {
+// manager Deployment; extraArgs are the args expected after the three
+// every install passes.
+func checkManager(t *testing.T, d appsv1.Deployment, sa string, extraArgs ...string) {
 	t.Helper()
 	spec := d.Spec.Template.Spec
 	checkSelector(t, "manager Deployment", d.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
@@ -245,7 +246,7 @@ func checkManager(t *testing.T, d appsv1.Deployment, sa string) {
 	if want := []string{"/manager"}; !slices.Equal(c.Command, want) {
 		t.Errorf("manager command %q, want %q", c.Command, want)
 	}
-	if want := []string{"--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"}; !slices.Equal(c.Args, want) {
+	if want := append([]string{"--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"}, extraArgs...); !slices.Equal(c.Args, want) {
 		t.Errorf("manager args %q, want %q", c.Args, want)
 	}
 	checkHTTPProbe(t, "manager liveness", c.LivenessProbe, "/healthz", 8081)
