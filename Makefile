@@ -12,6 +12,9 @@ CONTROLLER_GEN := $(BIN)/tools/controller-gen-$(CONTROLLER_GEN_VERSION)/controll
 K8S_VERSION  ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 KUBEBUILDER_ASSETS ?= $(BIN)/k8s/v$(K8S_VERSION)
+# The chart's tests live in their own module, so the Helm and kustomize
+# libraries stay out of the main module's graph.
+HELM_TOOL := $(GO) -C hack/tools/helm
 export K8S_VERSION ETCD_VERSION
 
 .DEFAULT_GOAL := help
@@ -47,6 +50,7 @@ generate: $(CONTROLLER_GEN) ## Generate the API's DeepCopy methods.
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail if generated files are not up to date with the markers.
+	hack/sync-chart-crds.sh --check
 	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
 		echo "generated files are stale: run make manifests generate and commit"; git status --porcelain -- api config; git diff -- api config | head -50; exit 1; fi
 
@@ -56,6 +60,24 @@ $(CONTROLLER_GEN):
 .PHONY: envtest-bins
 envtest-bins: ## Build kube-apiserver, etcd and kubectl for the integration tests from the Go module proxy (cached in bin/k8s).
 	hack/envtest-bins.sh
+
+##@ Chart
+
+.PHONY: test-chart
+test-chart: ## Render, lint --strict and check the Helm chart and config/ (Helm library, no helm binary).
+	$(HELM_TOOL) test -count=1 ./...
+
+.PHONY: chart-sync
+chart-sync: manifests ## Copy the generated CRD and ClusterRole rules into charts/handoff/files.
+	hack/sync-chart-crds.sh
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict of charts/handoff, without a helm binary.
+	$(HELM_TOOL) run . lint
+
+.PHONY: chart-template
+chart-template: ## Print charts/handoff as helm template would (ARGS='--set image.tag=v0.2.0').
+	@$(HELM_TOOL) run . template $(ARGS)
 
 ##@ Run
 
@@ -70,7 +92,7 @@ bench: build ## Benchmark the pause against the SCM_RIGHTS floor at N=1000 and N
 ##@ Test
 
 .PHONY: test
-test: lint verify-generated envtest-bins test-race ## All unit and integration tests, race detector on (safe on a laptop).
+test: lint verify-generated envtest-bins test-race test-chart ## All unit and integration tests, race detector on (safe on a laptop).
 
 .PHONY: test-unit
 test-unit: ## The fast unit layer only (no race detector, short mode).
@@ -91,6 +113,7 @@ fuzz: ## Fuzz the wire decoder for FUZZTIME (default 60s).
 .PHONY: lint
 lint: ## go vet and gofmt.
 	$(GO) vet $(PKGS)
+	$(HELM_TOOL) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
