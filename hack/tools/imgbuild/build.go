@@ -308,6 +308,10 @@ func writeArchive(out string, ref name.Tag, full string, img v1.Image, layerGz [
 		return 0, fmt.Errorf("create %s: %w", out, err)
 	}
 	defer os.Remove(tmp.Name()) // no-op once renamed
+	if err := tmp.Chmod(0o644); err != nil { // CreateTemp makes it 0600
+		tmp.Close()
+		return 0, fmt.Errorf("chmod %s: %w", out, err)
+	}
 	tw := tar.NewWriter(tmp)
 	entries := []struct {
 		name string
