@@ -307,7 +307,7 @@ func writeArchive(out string, ref name.Tag, full string, img v1.Image, layerGz [
 	if err != nil {
 		return 0, fmt.Errorf("create %s: %w", out, err)
 	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
+	defer os.Remove(tmp.Name())              // no-op once renamed
 	if err := tmp.Chmod(0o644); err != nil { // CreateTemp makes it 0600
 		tmp.Close()
 		return 0, fmt.Errorf("chmod %s: %w", out, err)
