@@ -79,6 +79,29 @@ chart-lint: ## helm lint --strict of charts/handoff, without a helm binary.
 chart-template: ## Print charts/handoff as helm template would (ARGS='--set image.tag=v0.2.0').
 	@$(HELM_TOOL) run . template $(ARGS)
 
+##@ Local cluster (root; not run by make test)
+
+IMAGE_TAG   ?= dev
+CLUSTER_DIR ?= /tmp/handoff-cluster
+export IMAGE_TAG CLUSTER_DIR
+
+.PHONY: cluster-bins
+cluster-bins: ## Build everything a local single-node cluster needs from the Go module proxy (cached in bin/k8s, bin/cluster).
+	hack/cluster-bins.sh
+
+.PHONY: images
+images: ## Build the handoff and handoff-streamer images (OCI tarballs in bin/images) without docker.
+	hack/cluster-images.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-bins ## Start a single-node Kubernetes on this host (root: changes iptables, mounts, sysctls; undone by cluster-down).
+	hack/cluster-up.sh
+	hack/cluster-images.sh --import
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and undo every host change cluster-up made.
+	hack/cluster-down.sh
+
 ##@ Run
 
 .PHONY: demo
