@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/childproc"
 	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
 	"github.com/handoff-dev/handoff/wire"
@@ -235,7 +236,7 @@ func startChild(t *testing.T, role string, cred *syscall.Credential, env ...stri
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	cmd.Stderr = &testWriter{t: t, prefix: role}
+	cmd.Stderr = &childproc.LogWriter{T: t, Prefix: role}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -295,24 +296,5 @@ func (c *child) line(prefix string, fail ...string) string {
 	}
 }
 
-// field extracts key=value from a line.
-func field(line, key string) string {
-	for _, f := range strings.Fields(line) {
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-type testWriter struct {
-	t      *testing.T
-	prefix string
-}
-
-func (w *testWriter) Write(b []byte) (int, error) {
-	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		w.t.Logf("[%s] %s", w.prefix, l)
-	}
-	return len(b), nil
-}
+// field extracts key=value from a child's line.
+var field = childproc.Field

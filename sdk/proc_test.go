@@ -20,6 +20,7 @@ import (
 	"github.com/go-logr/logr/testr"
 
 	"github.com/handoff-dev/handoff/examples/streamer/server"
+	"github.com/handoff-dev/handoff/internal/childproc"
 	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
@@ -161,7 +162,7 @@ func startChild(t *testing.T, role string, env ...string) *child {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "HANDOFF_TEST_CHILD="+role)
 	cmd.Env = append(cmd.Env, env...)
-	cmd.Stderr = &testWriter{t: t, prefix: role}
+	cmd.Stderr = &childproc.LogWriter{T: t, Prefix: role}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -208,27 +209,8 @@ func (c *child) line(prefix string, timeout time.Duration) string {
 	}
 }
 
-// field extracts key=value from a line.
-func field(line, key string) string {
-	for _, f := range strings.Fields(line) {
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-type testWriter struct {
-	t      *testing.T
-	prefix string
-}
-
-func (w *testWriter) Write(b []byte) (int, error) {
-	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		w.t.Logf("[%s] %s", w.prefix, l)
-	}
-	return len(b), nil
-}
+// field extracts key=value from a child's line.
+var field = childproc.Field
 
 // testAgent runs an agent in this process on a temporary socket and
 // reports joins and results on channels.
