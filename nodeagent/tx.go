@@ -403,10 +403,15 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 				var st wire.Stamp
 				_ = st.Unmarshal(m.Body)
 				serveNS = st.MonoNS
-				if committed || srcGone {
-					committed = committed || srcGone
-					return done()
+				// The target serves only after the source's Commit on the
+				// pair, or once the source left having exported
+				// everything: the sockets are the target's now, even if
+				// the source stopped before it could tell us.
+				if !committed && !srcGone {
+					t.log.Info("the target serves before the source confirmed its commit")
 				}
+				committed = true
+				return done()
 			default:
 				abortSrc(failure(wire.CodeUnexpected, "target sent %v during the migration", m.Type))
 			}

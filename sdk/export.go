@@ -588,6 +588,7 @@ func (x *exportTx) commit(sum wire.Summary) {
 		x.undo(frozen, wire.Failure{Code: wire.CodeTargetLost, Reason: fmt.Sprintf("target went away after ready: %v", err)}, true)
 		return
 	}
+	step("commit-sent")
 	x.pair.Close()
 	p.mu.Lock()
 	p.moved = true

@@ -2,6 +2,7 @@ package handoff_test
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,7 +37,12 @@ func applyChildFaults() {
 				select {}
 			}
 			if step == stop {
-				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+				// Signal this thread, not the process: a process-wide
+				// SIGSTOP is taken by whichever thread the kernel picks,
+				// and under load this one ran on for milliseconds first.
+				runtime.LockOSThread()
+				syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGSTOP)
+				runtime.UnlockOSThread()
 			}
 			if step == holdAt {
 				// Bounded poll for the test's go-ahead.

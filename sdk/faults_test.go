@@ -302,6 +302,7 @@ func TestFaults(t *testing.T) {
 	t.Run("TargetEMFILE", testTargetEMFILE)
 	t.Run("Deadline", testDeadline)
 	t.Run("SourceStoppedAfterExport", testSourceStoppedAfterExport)
+	t.Run("SourceStoppedAfterCommit", testSourceStoppedAfterCommit)
 }
 
 // testTargetCrash kills the target with SIGKILL at each of its
@@ -509,6 +510,46 @@ func testSourceStoppedAfterExport(t *testing.T) {
 		t.Fatalf("continue the source: %v", err)
 	}
 	f.checkSourceResumed(t)
+}
+
+// testSourceStoppedAfterCommit stops the source (SIGSTOP) between its
+// Commit on the pair and its Committed to the agent. The target serves,
+// so the migration is Completed although the source never said so, even
+// once the deadline has passed; continued, the source lets go and exits.
+func testSourceStoppedAfterCommit(t *testing.T) {
+	const streams = 100
+	f := setupSource(t, streams, "STOP_AT=commit-sent")
+	dst := startStreamer(t, f.ta.socket, true)
+	ds := f.ta.join(t, dst.pid)
+	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("migration %s: %s: %s; want Completed: the target serves", res.Phase, res.Reason, res.Message)
+	}
+	dst.waitReady(t)
+	if dst.imported < streams {
+		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
+	}
+	if l := dst.line("RESUMED", childTimeout); field(l, "imported") != strconv.Itoa(dst.imported) {
+		t.Fatalf("target reports %q, want all %d imported connections carrying on", l, dst.imported)
+	}
+	// The streams carry on from the target while the source is stopped.
+	f.load.advance(t)
+	if err := syscall.Kill(f.src.pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("continue the source: %v", err)
+	}
+	if l, code := f.src.waitExit(t); l != "EXIT ok" || code != 0 {
+		t.Fatalf("source ended with %q, status %d; want it to let go and exit", l, code)
+	}
+	f.load.advance(t)
+	f.load.stopShort(t)
+	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	} else {
+		t.Logf("client: %s", st)
+	}
 }
 
 // TestBackAndForth50 migrates a live streamer under load 50 times, each
