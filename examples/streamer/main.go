@@ -32,6 +32,7 @@ func main() {
 	flag.StringVar(&cfg.Socket, "socket", "", "handoff agent socket (default: $HANDOFF_SOCKET or the SDK default)")
 	flag.BoolVar(&cfg.Standby, "standby", false, "wait for another process to hand its sockets over before serving")
 	flag.DurationVar(&cfg.StandbyTimeout, "standby-timeout", 0, "how long to wait in standby (0: the SDK default)")
+	flag.DurationVar(&cfg.Warmup, "warmup", 0, "time to spend after listening and before serving, as a server loading caches would (a window in which a test can kill a target mid-migration)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "streamer: unexpected arguments %q\n", flag.Args())

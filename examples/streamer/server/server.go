@@ -59,6 +59,7 @@ type Config struct {
 	Socket         string                           // handoff agent socket; "" lets the SDK choose
 	Standby        bool                             // wait for a handoff from another process before serving
 	StandbyTimeout time.Duration                    // how long to wait in standby; 0 means the SDK default
+	Warmup         time.Duration                    // time spent between Listen and Ready, as a server loading caches would
 	Logf           func(format string, args ...any) // log sink; nil discards
 	OnReady        func(Info)                       // called once listening, before the first Accept
 	OnExit         func(Summary)                    // called once all connections were released
@@ -122,6 +123,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("streamer: listen on %s: %w", cfg.Addr, err)
 	}
 	inherited := p.Inherited() // the SDK forgets it once Ready completes
+	if cfg.Warmup > 0 {
+		// Received sockets wait in the SDK, unused, until Ready: a
+		// process that dies now loses nothing, the source serves on.
+		cfg.Logf("streamer: warming up for %v", cfg.Warmup)
+		select {
+		case <-time.After(cfg.Warmup):
+		case <-ctx.Done():
+			_ = ln.Close()
+			_ = p.Close()
+			return fmt.Errorf("streamer: warming up: %w", ctx.Err())
+		}
+	}
 	imported, err := p.Ready()
 	if err != nil {
 		_ = ln.Close()
