@@ -3,7 +3,8 @@
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
-PKGS    := ./...
+# Every package but the real-cluster suite, which make test-e2e runs on a cluster.
+PKGS    := $(shell $(GO) list ./... | grep -v '/test/e2e/cluster$$')
 FUZZTIME ?= 60s
 
 # Pinned tool versions; builds are cached under bin/ keyed by version.
@@ -126,8 +127,15 @@ test-race:
 	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 .PHONY: test-e2e
-test-e2e: build ## End-to-end: the built binaries on this host, under load.
-	HANDOFF_BIN=$(BIN) $(GO) test -count=1 -timeout 20m -v ./test/e2e/...
+test-e2e: test-e2e-host test-e2e-cluster ## End-to-end: the built binaries on this host, then the real-cluster suite.
+
+.PHONY: test-e2e-host
+test-e2e-host: build ## The agent, streamer and handoffctl binaries on this host, under load (no cluster).
+	HANDOFF_BIN=$(BIN) $(GO) test -count=1 -timeout 20m -v ./test/e2e/
+
+.PHONY: test-e2e-cluster
+test-e2e-cluster: ## The real-cluster suite: kind where Docker runs, else a local cluster (root; undone on exit).
+	hack/e2e-cluster.sh
 
 .PHONY: fuzz
 fuzz: ## Fuzz the wire decoder for FUZZTIME (default 60s).
