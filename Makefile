@@ -33,7 +33,7 @@ help: ## Show this help.
 .PHONY: build
 build: ## Build every binary into bin/ (nodeagent, handoffctl, streamer, handoff-load, handoff-demo, handoff-bench).
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/... ./examples/streamer
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/... ./examples/streamer
 	$(GO) build -o $(BIN)/handoff-demo ./hack/demo
 	$(GO) build -o $(BIN)/handoff-bench ./hack/bench
 
