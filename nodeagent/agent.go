@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/nodeagent/admin"
 	"github.com/handoff-dev/handoff/nodeagent/podid"
@@ -62,6 +63,10 @@ type Config struct {
 	// Identify, if set, maps a joining peer to its pod and container from
 	// the kernel (the Kubernetes agent sets it; standalone leaves it nil).
 	// A peer it cannot identify still joins, without a pod identity.
+	// With it set, administrators are only accepted from the node itself
+	// (Identify says podid.ErrNotInPod) or from the agent's own container:
+	// a root process in an application's pod reaches the socket too, and
+	// must not move other pods' connections.
 	Identify func(pid int32, pidfd int) (podid.Identity, error)
 	// Fault, if set, is called at each step of a transaction ("prepared",
 	// "relayed-batch", "ended"): fault-injection tests use it to kill or
@@ -79,6 +84,9 @@ type Agent struct {
 	mu       sync.Mutex
 	sessions map[uint64]*session
 	admins   map[*session]struct{} // closed on shutdown like sessions
+
+	selfOnce sync.Once
+	self     *podid.Identity // the agent's own container, if it runs in one
 	store    map[storeKey]*stored
 	storing  map[storeKey]struct{} // keys of stores still collecting: one at a time per key
 	nextID   uint64
@@ -344,6 +352,11 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 			_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeRefused, Reason: fmt.Sprintf("uid %d may not administer this agent (root or uid %d only)", peer.UID, os.Getuid())}.Marshal()})
 			return
 		}
+		if why := a.adminOutsider(peer); why != "" {
+			log.Info("refused an administrator session", "reason", why)
+			_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: wire.CodeRefused, Reason: why}.Marshal()})
+			return
+		}
 		// Listed so that shutdown closes it: an idle administrator
 		// must not keep a stopping agent alive.
 		a.mu.Lock()
@@ -467,6 +480,36 @@ func (a *Agent) readSession(s *session, log logr.Logger) {
 			s.sendError(wire.CodeUnexpected, fmt.Sprintf("%v is not expected outside a transaction", m.Type))
 		}
 	}
+}
+
+// adminOutsider says why peer may not administer this agent, or "" if it
+// may: with Identify set, only a process on the node itself or in the
+// agent's own container may.
+func (a *Agent) adminOutsider(peer Peer) string {
+	if a.cfg.Identify == nil {
+		return ""
+	}
+	id, err := a.cfg.Identify(peer.PID, peer.PIDFD)
+	switch {
+	case errors.Is(err, podid.ErrNotInPod):
+		return ""
+	case err != nil:
+		return fmt.Sprintf("pid %d may not administer this agent: cannot tell whether it runs in a pod: %v", peer.PID, err)
+	}
+	a.selfOnce.Do(func() {
+		fd, err := unix.PidfdOpen(os.Getpid(), 0)
+		if err != nil {
+			return
+		}
+		defer unix.Close(fd)
+		if self, err := a.cfg.Identify(int32(os.Getpid()), fd); err == nil {
+			a.self = &self
+		}
+	})
+	if a.self != nil && id.PodUID == a.self.PodUID && id.ContainerID == a.self.ContainerID {
+		return ""
+	}
+	return fmt.Sprintf("pid %d runs in container %.12s of pod %s: administrators run on the node or in the agent's own container (kubectl exec)", peer.PID, id.ContainerID, id.PodUID)
 }
 
 // serveAdmin answers an administrator's JSON requests.

@@ -1,6 +1,7 @@
 package nodeagent_test
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/nodeagent/podid"
 )
 
 // startOpenAgent runs an agent whose socket children of any uid may reach.
@@ -159,4 +161,60 @@ func TestAdminRefusedForOtherUID(t *testing.T) {
 	waitGone(t, ac, app.session)
 	ac.Close()
 	assertServes(t, at, base)
+}
+
+// TestAdminOnlyFromNodeOrAgentContainer: with Identify set (Kubernetes),
+// an administrator must run on the node or in the agent's own container.
+// A root process in an application's pod reaches the socket too; it must
+// not be able to move other pods' connections. The test process is both
+// agent and administrator, so the fake Identify answers by call order:
+// the peer is identified first, then (once) the agent itself.
+func TestAdminOnlyFromNodeOrAgentContainer(t *testing.T) {
+	agentSelf := podid.Identity{PodUID: "agent-pod", ContainerID: "agent-container"}
+	type answer struct {
+		id  podid.Identity
+		err error
+	}
+	answers := make(chan answer, 8)
+	at := startAgentT(t, nodeagent.Config{Identify: func(pid int32, pidfd int) (podid.Identity, error) {
+		select {
+		case a := <-answers:
+			return a.id, a.err
+		default:
+			t.Errorf("Identify(%d) called more often than the test expected", pid)
+			return podid.Identity{}, podid.ErrNotInPod
+		}
+	}})
+	for _, c := range []struct {
+		name    string
+		answers []answer
+		refused string // "" when the session must be accepted
+	}{
+		{"in an application's pod", []answer{{id: podid.Identity{PodUID: "app-pod", ContainerID: "app-container"}}, {id: agentSelf}}, "runs in container app-containe of pod app-pod"},
+		{"on the node", []answer{{err: fmt.Errorf("pid 1: %w", podid.ErrNotInPod)}}, ""},
+		{"in the agent's container", []answer{{id: agentSelf}}, ""},
+		{"unidentifiable", []answer{{err: fmt.Errorf("pid 1: %w", podid.ErrAmbiguous)}}, "cannot tell whether it runs in a pod"},
+	} {
+		for _, a := range c.answers {
+			answers <- a
+		}
+		ac, err := admin.Dial(at.socket)
+		switch {
+		case c.refused == "" && err != nil:
+			t.Errorf("administrator %s: %v; want it accepted", c.name, err)
+		case c.refused != "" && err == nil:
+			ac.Close()
+			t.Errorf("administrator %s was accepted; want it refused", c.name)
+		case c.refused != "" && !strings.Contains(err.Error(), c.refused):
+			t.Errorf("administrator %s refused with %q; want a reason that says %q", c.name, err, c.refused)
+		case err == nil:
+			if _, err := ac.Do(admin.Request{Op: admin.OpSessions}, nil); err != nil {
+				t.Errorf("administrator %s: list sessions: %v", c.name, err)
+			}
+			ac.Close()
+		}
+		if len(answers) != 0 {
+			t.Errorf("administrator %s: Identify was called %d times fewer than expected", c.name, len(answers))
+		}
+	}
 }

@@ -149,6 +149,7 @@ func TestCluster(t *testing.T) {
 	t.Run("InPlace", s.testInPlace)
 	t.Run("TargetKilled", s.testTargetKilled)
 	t.Run("Refused", s.testRefused)
+	t.Run("AdminOnlyFromAgent", s.testAdminOnlyFromAgent)
 	if !t.Failed() {
 		s.uninstall(t)
 	}
@@ -382,6 +383,50 @@ spec:
 	}
 	s.checkClients(t, lc, "refused migrations")
 	s.stopClients(t, lc)
+}
+
+// testAdminOnlyFromAgent runs handoffctl in the agent's container, where
+// it may administer, and as root in an application pod that mounts the
+// socket, where the agent must refuse it: that pod could otherwise move
+// other pods' connections to itself.
+func (s *suite) testAdminOnlyFromAgent(t *testing.T) {
+	out := s.run(t, time.Minute, s.kubectl, "exec", "-n", systemNS, "ds/"+release+"-nodeagent", "-c", "nodeagent", "--",
+		"/handoffctl", "--socket", "/run/handoff/agent.sock", "sessions")
+	t.Logf("handoffctl in the agent's container:\n%s", out)
+
+	ns := s.namespace(t, "intruder")
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "intruder"},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false),
+			},
+			Containers: []corev1.Container{{
+				Name: "handoffctl", Image: s.imageRepo + ":" + s.imageTag, ImagePullPolicy: corev1.PullIfNotPresent,
+				Command:      []string{"/handoffctl", "--socket", "/run/handoff/agent.sock", "sessions"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "handoff", MountPath: "/run/handoff"}},
+			}},
+			Volumes: []corev1.Volume{{Name: "handoff", VolumeSource: corev1.VolumeSource{
+				HostPath: &corev1.HostPathVolumeSource{Path: "/run/handoff", Type: ptr.To(corev1.HostPathDirectory)},
+			}}},
+		},
+	}
+	s.createPod(t, p)
+	var phase corev1.PodPhase
+	waitFor(t, "the intruder's handoffctl to exit", 2*time.Minute, func() (bool, string, error) {
+		var got corev1.Pod
+		if err := s.c.Get(context.Background(), client.ObjectKeyFromObject(p), &got); err != nil {
+			return false, "", err
+		}
+		phase = got.Status.Phase
+		return phase == corev1.PodSucceeded || phase == corev1.PodFailed, string(phase), nil
+	})
+	logs, _ := command(time.Minute, "", s.kubectl, "logs", "-n", ns, "intruder")
+	if phase != corev1.PodFailed || !strings.Contains(logs, "administrators run on the node or in the agent's own container") {
+		t.Fatalf("handoffctl as root in an application pod: pod %s, output:\n%s\nwant it refused by the agent", phase, logs)
+	}
+	t.Logf("handoffctl in an application pod, refused as it should be: %s", strings.TrimSpace(logs))
 }
 
 // podOpts shape a streamer pod.
