@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -210,6 +211,27 @@ func TestChartSocketDir(t *testing.T) {
 	}
 	if spec.Volumes[0].HostPath == nil || spec.Volumes[0].HostPath.Path != "/var/run/handoff" || c.VolumeMounts[0].MountPath != "/var/run/handoff" {
 		t.Errorf("socket directory: volume %+v mount %+v", spec.Volumes[0], c.VolumeMounts[0])
+	}
+}
+
+// TestChartSocketGroup checks that nodeAgent.socketGroup becomes the
+// agent's group, which its socket takes, and that NOTES.txt tells
+// applications to join it; the default stays root's group.
+func TestChartSocketGroup(t *testing.T) {
+	for _, c := range []struct {
+		set  []string
+		want int64
+	}{{nil, 0}, {[]string{"nodeAgent.socketGroup=2750"}, 2750}} {
+		var ds appsv1.DaemonSet
+		mustFind(t, renderDefault(t, c.set...), "DaemonSet", "handoff-nodeagent").decode(t, &ds)
+		sc := container(t, ds.Spec.Template.Spec, "nodeagent").SecurityContext
+		if sc == nil || sc.RunAsGroup == nil || *sc.RunAsGroup != c.want || sc.RunAsUser == nil || *sc.RunAsUser != 0 {
+			t.Errorf("%v: agent security context %+v; want uid 0, gid %d", c.set, sc, c.want)
+		}
+		notes := renderRelease(t, "handoff", "handoff-system", c.set...).Info.Notes
+		if want := fmt.Sprintf("supplementalGroups: [%d]", c.want); !strings.Contains(notes, want) {
+			t.Errorf("%v: NOTES.txt lacks %q:\n%s", c.set, want, notes)
+		}
 	}
 }
 

@@ -57,6 +57,9 @@ const (
 	streamerName  = "streamer"
 	podPort       = 8080
 	clientStreams = 60
+	// socketGroup is the chart's nodeAgent.socketGroup here: a group of
+	// its own rather than root's, which the application pods join.
+	socketGroup = 2750
 )
 
 // settings are the suite's inputs, from the environment.
@@ -183,6 +186,7 @@ func (s *suite) install(t *testing.T) {
 	s.run(t, 6*time.Minute, s.helm, "upgrade", "--install", release, s.chart,
 		"--namespace", systemNS, "--create-namespace",
 		"--set", "image.repository="+s.imageRepo, "--set", "image.tag="+s.imageTag,
+		"--set", fmt.Sprintf("nodeAgent.socketGroup=%d", socketGroup),
 		"--wait", "--timeout", "5m")
 	waitFor(t, "the manager Deployment available and one ready agent on each of the "+strconv.Itoa(len(nodes.Items))+" nodes", 3*time.Minute, func() (bool, string, error) {
 		var deps appsv1.DeploymentList
@@ -461,7 +465,7 @@ func streamerPod(ns, name, image string, o podOpts) *corev1.Pod {
 			TerminationGracePeriodSeconds: ptr.To[int64](2),
 			SecurityContext: &corev1.PodSecurityContext{
 				RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532), RunAsGroup: ptr.To[int64](65532),
-				SupplementalGroups: []int64{0}, // the agent's socket is root:root 0660
+				SupplementalGroups: []int64{socketGroup}, // the agent's socket is root:socketGroup 0660
 				SeccompProfile:     &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 			Containers: []corev1.Container{{
