@@ -8,6 +8,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -44,7 +45,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	top.SetOutput(stderr)
 	socket := top.String("socket", envOr("HANDOFF_SOCKET", nodeagent.DefaultSocket), "agent socket")
 	top.Usage = func() { fmt.Fprint(stderr, usage) }
-	if err := top.Parse(args); err != nil {
+	if err := top.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage) // asked for: not an error
+		return 0
+	} else if err != nil {
 		return 2
 	}
 	if top.NArg() == 0 {
@@ -52,6 +56,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd, rest := top.Arg(0), top.Args()[1:]
+	switch cmd {
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "sessions", "wait", "migrate", "store":
+	default:
+		fmt.Fprintf(stderr, "handoffctl: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
