@@ -314,7 +314,12 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 					}
 				}
 				if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: t.id}, Body: e.sum.Marshal()}); err != nil {
-					return abort(failure(wire.CodeSourceLost, "tell the source the store is ready: %v", err))
+					// The source closed its end: it aborted, and its Abort
+					// waits on the pair, or it died after exporting
+					// everything (a container killed right after its image
+					// was patched), and then the agent holds the only
+					// copies. Reading the pair tells which.
+					t.log.Info("could not tell the source the store is ready; reading what it left on the pair", "error", err.Error())
 				}
 				word = make(chan error, 1)
 				go func() {

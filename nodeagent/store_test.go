@@ -293,3 +293,37 @@ func TestStoreHoldExpires(t *testing.T) {
 	c1.c.Close()
 	waitFDs(t, base, "after the hold expired and every process left")
 }
+
+// TestStoreSourceDiesBeforeReady: the source exported everything and
+// dies before the store says Ready, as a container can be killed by
+// kubelet right after the agent patched its image. Its copies died with
+// it, so the agent's are the only ones: it keeps them, and the next
+// process with the same name claims the connection, state intact.
+func TestStoreSourceDiesBeforeReady(t *testing.T) {
+	at := startAgentT(t, nodeagent.Config{})
+	src := startTestapp(t, at, "svc", nil)
+	c1 := dialClient(t, src.tcp, 7)
+	c1.request(t)
+	c1.reply(t, src.pid, 1)
+
+	res, err := at.StoreFromWith(src.session, wire.MoveAll, bound, bound, nil, nodeagent.StoreOptions{
+		BeforeReady: func() error {
+			src.kill() // SIGKILL, and reaped: the pair's other end is closed
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatalf("store: %v", err)
+	}
+	if res.Phase != nodeagent.PhaseCompleted || res.Listeners != 1 || res.Connections != 1 {
+		t.Fatalf("store result %+v: want Completed with 1 listener and 1 connection, kept although the source died", res)
+	}
+	expectStored(t, at, "svc", 1)
+	c1.request(t)
+	claim := startTestapp(t, at, "svc", nil)
+	if claim.imported != 1 || claim.tcp != src.tcp {
+		t.Fatalf("claimant imported %d connections on %s, want 1 on the stored listener %s", claim.imported, claim.tcp, src.tcp)
+	}
+	c1.reply(t, claim.pid, 2)
+	claim.kill()
+}
