@@ -305,14 +305,14 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	m, err := c.Recv()
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
-		if int(peer.PID) == os.Getpid() {
+		if int(peer.PID) == os.Getpid() && errors.Is(err, wire.ErrClosed) {
 			// Healthy's own probe, every few seconds: neither news nor a
 			// bad peer.
 			log.V(1).Info("health probe connected and closed")
-			return
+		} else {
+			log.Info("peer closed before hello", "reason", err.Error())
+			a.m.badPeers.Inc()
 		}
-		log.Info("peer closed before hello", "reason", err.Error())
-		a.m.badPeers.Inc()
 		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeError}, Body: wire.Failure{Code: recvErrorCode(err), Reason: "expected hello: " + err.Error()}.Marshal()})
 		return
 	}
