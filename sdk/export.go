@@ -518,10 +518,33 @@ func (x *exportTx) run() {
 		step("ready")
 		x.commit(sum)
 	case f := <-x.agentEv:
+		p.mu.Lock()
+		leaving := p.closing
+		p.mu.Unlock()
+		if leaving {
+			// The application closed its session: it is shutting down
+			// and its copies go with it. The target, or the agent's
+			// store, holds everything: let go, as an exit would.
+			x.letGo(sum)
+			return
+		}
 		x.abort(f, true) // confirm, as above
 	case <-timer.C:
 		fail(wire.CodeDeadline, "deadline of %dms passed waiting for the target to be ready", x.prep.TimeoutMS)
 	}
+}
+
+// letGo hands everything over without a word on the pair, as a process
+// that exits after Exported does: the pair's close tells the target, or
+// the agent's store, that its copies are now the only ones.
+func (x *exportTx) letGo(sum wire.Summary) {
+	frozen, ok := x.decide()
+	if !ok {
+		return
+	}
+	x.pair.Close()
+	x.p.logf("closed during a handoff after exporting everything: letting the new process take over")
+	x.moved(frozen, sum)
 }
 
 func (x *exportTx) isDecided() bool { return x.stopped.Load() }
@@ -577,7 +600,6 @@ func (x *exportTx) decide() ([]*Tracked, bool) {
 
 // commit tells the target to serve, then lets go of every copy.
 func (x *exportTx) commit(sum wire.Summary) {
-	p := x.p
 	frozen, ok := x.decide()
 	if !ok {
 		return
@@ -590,6 +612,12 @@ func (x *exportTx) commit(sum wire.Summary) {
 	}
 	step("commit-sent")
 	x.pair.Close()
+	x.moved(frozen, sum)
+}
+
+// moved lets go of every copy once the sockets belong to the new process.
+func (x *exportTx) moved(frozen []*Tracked, sum wire.Summary) {
+	p := x.p
 	p.mu.Lock()
 	p.moved = true
 	p.export = nil

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -303,6 +304,7 @@ func TestFaults(t *testing.T) {
 	t.Run("Deadline", testDeadline)
 	t.Run("SourceStoppedAfterExport", testSourceStoppedAfterExport)
 	t.Run("SourceStoppedAfterCommit", testSourceStoppedAfterCommit)
+	t.Run("SourceClosedAfterExport", testSourceClosedAfterExport)
 }
 
 // testTargetCrash kills the target with SIGKILL at each of its
@@ -542,6 +544,68 @@ func testSourceStoppedAfterCommit(t *testing.T) {
 	}
 	if l, code := f.src.waitExit(t); l != "EXIT ok" || code != 0 {
 		t.Fatalf("source ended with %q, status %d; want it to let go and exit", l, code)
+	}
+	f.load.advance(t)
+	f.load.stopShort(t)
+	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	} else {
+		t.Logf("client: %s", st)
+	}
+}
+
+// testSourceClosedAfterExport sends SIGTERM to the source after it
+// exported everything, while the target is held before its Ready: the
+// streamer shuts down and closes its session, as a container does when
+// kubelet stops it. Its copies go with it, so it must let the target take
+// over rather than call the handoff off and drop every client.
+func testSourceClosedAfterExport(t *testing.T) {
+	const streams = 100
+	f := setupSource(t, streams)
+	gate := filepath.Join(t.TempDir(), "go-ahead")
+	dst := startStreamer(t, f.ta.socket, true, "HOLD_AT=before-ready:"+gate)
+	ds := f.ta.join(t, dst.pid)
+	exported := make(chan struct{})
+	var once sync.Once
+	type answer struct {
+		res admin.Result
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, func(phase, msg string) {
+			if strings.Contains(msg, "waiting for the target") {
+				once.Do(func() { close(exported) })
+			}
+		})
+		done <- answer{res, err}
+	}()
+	select {
+	case <-exported:
+	case a := <-done:
+		t.Fatalf("migration ended before the source exported everything: %+v, %v", a.res, a.err)
+	case <-time.After(childTimeout):
+		t.Fatal("the agent never reported the source's Exported")
+	}
+	if err := syscall.Kill(f.src.pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM the source: %v", err)
+	}
+	if l, code := f.src.waitExit(t); code != 0 || l != "EXIT ok" {
+		t.Fatalf("source ended with %q, status %d; want a clean exit", l, code)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if a.res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("migration %s: %s: %s; want the target to take over from a source that shut down", a.res.Phase, a.res.Reason, a.res.Message)
+	}
+	dst.waitReady(t)
+	if dst.imported < streams {
+		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
 	}
 	f.load.advance(t)
 	f.load.stopShort(t)

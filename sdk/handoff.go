@@ -105,6 +105,7 @@ type Process struct {
 	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
 	export     *exportTx              // the outgoing migration in progress
 	moved      bool
+	closing    bool // Close was called: the application is leaving
 	readyDone  bool
 	agentGone  bool
 	controlRun bool
@@ -220,11 +221,17 @@ func (p *Process) Inherited() bool { return p.inherited }
 func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Close ends the session with the agent. Sockets stay open and the
-// application keeps serving; it just can no longer be migrated.
+// application keeps serving; it just can no longer be migrated. During an
+// outgoing handoff, Close before everything was exported calls it off and
+// this process keeps its sockets; after, the sockets go on to the new
+// process (or the agent's store) as if this process had exited, and Done
+// is closed: an application that shuts down on SIGTERM mid-handoff hands
+// its clients over rather than dropping them.
 func (p *Process) Close() error {
 	p.mu.Lock()
 	a := p.agent
 	p.agentGone = true
+	p.closing = true
 	p.mu.Unlock()
 	if a != nil {
 		return a.Close()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -84,7 +85,11 @@ func runStreamerChild() int {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	err := server.Run(context.Background(), server.Config{
+	// SIGTERM shuts the streamer down as in a pod; faults tests send it
+	// mid-handoff.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	err := server.Run(ctx, server.Config{
 		Addr: addr, Rate: 4096, Tick: 50 * time.Millisecond,
 		Socket: os.Getenv("HANDOFF_SOCKET"), SessionName: os.Getenv("HANDOFF_NAME"),
 		Standby: os.Getenv("STANDBY") == "1",
