@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -145,6 +146,7 @@ func (r *Reconciler) unclaim(uid types.UID) {
 type endpoint struct {
 	role, pod, container string
 	statusID             string // runtime://id of the running container
+	podUID               types.UID
 	session              admin.Session
 }
 
@@ -249,22 +251,39 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		return err
 	}
 	patched := false
+	// The patch carries the resourceVersion it was made from, so that it
+	// cannot land on a pod that changed since (a restart, a new pod of the
+	// same name). Status writes change it too, readiness probes among
+	// them, so a conflict is read again and retried while the container
+	// that exported is still the one running.
 	patch := func() error {
-		pod := &corev1.Pod{}
-		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
-			return fmt.Errorf("get pod %s/%s: %w", mig.Namespace, src.pod, err)
-		}
-		orig := pod.DeepCopy()
-		for i := range pod.Spec.Containers {
-			if pod.Spec.Containers[i].Name == src.container {
-				pod.Spec.Containers[i].Image = mig.Spec.Target.Image
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			pod := &corev1.Pod{}
+			if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
+				return fmt.Errorf("get pod %s/%s: %w", mig.Namespace, src.pod, err)
 			}
-		}
-		if err := r.Client.Patch(ctx, pod, client.StrategicMergeFrom(orig, client.MergeFromWithOptimisticLock{}), client.FieldOwner(v1alpha1.AgentFieldManager)); err != nil {
-			return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
-		}
-		patched = true
-		return nil
+			if pod.UID != src.podUID {
+				return fmt.Errorf("pod %s/%s was replaced (uid %s, was %s)", mig.Namespace, src.pod, pod.UID, src.podUID)
+			}
+			if id := runningContainerID(pod, src.container); id != src.statusID {
+				return fmt.Errorf("container %s of pod %s/%s is now %q, not the %q that exported", src.container, mig.Namespace, src.pod, id, src.statusID)
+			}
+			orig := pod.DeepCopy()
+			for i := range pod.Spec.Containers {
+				if pod.Spec.Containers[i].Name == src.container {
+					pod.Spec.Containers[i].Image = mig.Spec.Target.Image
+				}
+			}
+			tracked := orig.Status.ObservedGeneration > 0
+			if err := r.Client.Patch(ctx, pod, client.StrategicMergeFrom(orig, client.MergeFromWithOptimisticLock{}), client.FieldOwner(v1alpha1.AgentFieldManager)); err != nil {
+				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
+			}
+			patched = true
+			if tracked {
+				r.awaitKubelet(ctx, pod, deadline)
+			}
+			return nil
+		})
 	}
 	outcome := make(chan admin.Result, 1)
 	start := time.Now()
@@ -319,6 +338,55 @@ func (e *fatalError) Error() string { return e.msg }
 
 // find looks up both pods' running containers and the agent sessions the
 // kernel places in them.
+// awaitKubelet waits until kubelet reports that it saw the patched spec
+// (status.observedGeneration), at most until the deadline. A source that
+// exits before that can be restarted from the old spec, with the old
+// image; that container would claim the sockets, then be killed for the
+// new image, and every connection would be lost with it. Once kubelet saw
+// the new spec it stops the container itself (SIGTERM), so the source may
+// be told Ready while it shuts down: the SDK and the store both treat an
+// exit after Exported as letting go.
+func (r *Reconciler) awaitKubelet(ctx context.Context, patched *corev1.Pod, deadline time.Time) {
+	logger := log.FromContext(ctx)
+	want, start := patched.Generation, time.Now()
+	poll := r.Poll
+	if poll <= 0 {
+		poll = DefaultPoll
+	}
+	for {
+		pod := &corev1.Pod{}
+		err := r.reader().Get(ctx, client.ObjectKeyFromObject(patched), pod)
+		switch {
+		case err != nil:
+			logger.Error(err, "reading the pod for kubelet's observed generation; letting the source go")
+			return
+		case pod.UID != patched.UID || pod.Status.ObservedGeneration >= want:
+			logger.V(1).Info("kubelet saw the new image", "generation", want, "after", time.Since(start).String())
+			return
+		}
+		if time.Now().After(deadline) {
+			logger.Info("kubelet did not report the new spec before the deadline; letting the source go", "generation", want, "observed", pod.Status.ObservedGeneration)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(poll):
+		}
+	}
+}
+
+// runningContainerID is the runtime://id of the named container if it
+// runs, else "".
+func runningContainerID(pod *corev1.Pod, container string) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == container && cs.State.Running != nil {
+			return cs.ContainerID
+		}
+	}
+	return ""
+}
+
 func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*endpoint) error {
 	sessions := r.Agent.Sessions()
 	for _, e := range eps {
@@ -333,12 +401,8 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		if pod.Spec.NodeName != r.Node {
 			return &fatalError{v1alpha1.ReasonContainerMismatch, fmt.Sprintf("%s pod %s runs on node %s, not on %s; nothing was moved", e.role, e.pod, pod.Spec.NodeName, r.Node)}
 		}
-		e.statusID = ""
-		for _, cs := range pod.Status.ContainerStatuses {
-			if cs.Name == e.container && cs.State.Running != nil {
-				e.statusID = cs.ContainerID
-			}
-		}
+		e.podUID = pod.UID
+		e.statusID = runningContainerID(pod, e.container)
 		if e.statusID == "" {
 			return fmt.Errorf("%v is not running", e)
 		}
