@@ -33,7 +33,20 @@ func main() {
 	flag.BoolVar(&cfg.Standby, "standby", false, "wait for another process to hand its sockets over before serving")
 	flag.DurationVar(&cfg.StandbyTimeout, "standby-timeout", 0, "how long to wait in standby (0: the SDK default)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 0, "time to spend after listening and before serving, as a server loading caches would (a window in which a test can kill a target mid-migration)")
+	readyFile := flag.String("ready-file", "", "file that exists while this process serves: created once it serves, removed when its sockets moved away or it stops (for an exec readiness probe)")
+	check := flag.Bool("check", false, "with --ready-file: exit 0 if the file exists, else 1, and serve nothing (the readiness probe itself)")
 	flag.Parse()
+	if *check {
+		if *readyFile == "" {
+			fmt.Fprintln(os.Stderr, "streamer: --check needs --ready-file")
+			os.Exit(2)
+		}
+		if _, err := os.Stat(*readyFile); err != nil {
+			fmt.Fprintf(os.Stderr, "streamer: not serving: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "streamer: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
@@ -48,11 +61,27 @@ func main() {
 	}
 	cfg.OnReady = func(i server.Info) {
 		fmt.Printf("streamer: serving on %s (inherited=%t, imported %d connections)\n", i.Addr, i.Inherited, i.Imported)
+		if *readyFile != "" {
+			// A standby process is not ready until it serves: the
+			// probe follows the handoff, not the port, which on the
+			// host network the other process may be serving.
+			if err := os.WriteFile(*readyFile, nil, 0o644); err != nil {
+				logger.Printf("streamer: ready file: %v", err)
+			}
+		}
+	}
+	notReady := func() {
+		if *readyFile != "" {
+			if err := os.Remove(*readyFile); err != nil && !os.IsNotExist(err) {
+				logger.Printf("streamer: ready file: %v", err)
+			}
+		}
 	}
 	cfg.OnResumed = func(n int, d time.Duration) {
 		fmt.Printf("streamer: resumed %d imported connections %v after ready\n", n, d)
 	}
 	cfg.OnExit = func(s server.Summary) {
+		notReady()
 		why := "stopped"
 		if s.MovedAway {
 			why = "moved away"
@@ -63,7 +92,9 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	notReady() // left by a previous run of this container
 	if err := server.Run(ctx, cfg); err != nil {
+		notReady()
 		logger.Print(err)
 		os.Exit(1)
 	}

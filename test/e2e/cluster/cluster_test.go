@@ -227,13 +227,13 @@ func (s *suite) testTwoPods(t *testing.T) {
 	s.waitPodReady(t, ns, "streamer-a")
 	waitServing(t, addr)
 	s.createPod(t, streamerPod(ns, "streamer-b", s.streamer, podOpts{hostNetwork: true, port: port, standby: true}))
-	s.waitPodReady(t, ns, "streamer-b")
+	s.waitPodRunning(t, ns, "streamer-b")
 
 	lc := s.startClients(t, addr, clientStreams)
 	for i, hop := range [][2]string{{"streamer-a", "streamer-b"}, {"streamer-b", "streamer-c"}} {
 		if i > 0 {
 			s.createPod(t, streamerPod(ns, hop[1], s.streamer, podOpts{hostNetwork: true, port: port, standby: true}))
-			s.waitPodReady(t, ns, hop[1])
+			s.waitPodRunning(t, ns, hop[1])
 		}
 		name := hop[0] + "-to-" + hop[1]
 		lc.ResetStall()
@@ -243,6 +243,8 @@ spec:
   target: {pod: %s, container: %s}
   timeout: 60s`, hop[0], streamerName, hop[1], streamerName))
 		wantCompleted(t, m, clientStreams)
+		// Readiness follows the handoff: the target serves now.
+		s.waitPodReady(t, ns, hop[1])
 		// The source's streamer exits once its sockets moved; the
 		// controller then deletes its pod (sourcePolicy Delete).
 		s.waitPodGone(t, ns, hop[0])
@@ -293,6 +295,7 @@ spec:
 	if after.RestartCount != before.RestartCount+1 {
 		t.Errorf("restart count %d → %d; want exactly one restart", before.RestartCount, after.RestartCount)
 	}
+	s.waitPodReady(t, ns, "streamer")
 	s.checkClients(t, lc, "in-place update")
 	s.stopClients(t, lc)
 }
@@ -308,7 +311,7 @@ func (s *suite) testTargetKilled(t *testing.T) {
 	s.waitPodReady(t, ns, "source")
 	waitServing(t, addr)
 	s.createPod(t, streamerPod(ns, "target", s.streamer, podOpts{hostNetwork: true, port: port, standby: true, warmup: 10 * time.Minute}))
-	target := s.waitPodReady(t, ns, "target")
+	target := s.waitPodRunning(t, ns, "target")
 	lc := s.startClients(t, addr, clientStreams)
 
 	s.apply(t, ns, "doomed", fmt.Sprintf(`
@@ -360,7 +363,7 @@ func (s *suite) testRefused(t *testing.T) {
 	s.createPod(t, streamerPod(ns, "pod-a", s.streamer, podOpts{port: podPort}))
 	s.createPod(t, streamerPod(ns, "pod-b", s.streamer, podOpts{port: podPort, standby: true}))
 	a := s.waitPodReady(t, ns, "pod-a")
-	s.waitPodReady(t, ns, "pod-b")
+	s.waitPodRunning(t, ns, "pod-b")
 	addr := net.JoinHostPort(a.Status.PodIP, strconv.Itoa(podPort))
 	waitServing(t, addr)
 	lc := s.startClients(t, addr, 8)
@@ -445,7 +448,7 @@ type podOpts struct {
 // streamerPod is the example streamer, opted in to handoff as
 // config/samples/streamer.yaml shows.
 func streamerPod(ns, name, image string, o podOpts) *corev1.Pod {
-	args := []string{fmt.Sprintf("--addr=:%d", o.port), "--rate=8192", "--tick=50ms"}
+	args := []string{fmt.Sprintf("--addr=:%d", o.port), "--rate=8192", "--tick=50ms", "--ready-file=" + readyFile}
 	if o.standby {
 		args = append(args, "--standby", "--standby-timeout=30m")
 	}
@@ -471,22 +474,32 @@ func streamerPod(ns, name, image string, o podOpts) *corev1.Pod {
 			Containers: []corev1.Container{{
 				Name: streamerName, Image: image, ImagePullPolicy: corev1.PullIfNotPresent, Args: args,
 				Env: []corev1.EnvVar{{Name: "HANDOFF_SOCKET", Value: "/run/handoff/agent.sock"}},
-				// No readiness probe: a probe is a connection like any
-				// other, one open at the freeze would be moved and
-				// counted, and these tests count exactly. The tests dial
-				// the port themselves instead.
+				// As config/samples/streamer.yaml: Ready while this
+				// process serves. Not a TCP probe: that is a connection
+				// like any other, one open at the freeze would be moved
+				// and counted, and these tests count exactly.
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"/streamer", "--ready-file=" + readyFile, "--check"}}},
+					PeriodSeconds: 1,
+				},
 				SecurityContext: &corev1.SecurityContext{
 					AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
 					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 				},
-				VolumeMounts: []corev1.VolumeMount{{Name: "handoff", MountPath: "/run/handoff"}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "handoff", MountPath: "/run/handoff"}, {Name: "run", MountPath: filepath.Dir(readyFile)}},
 			}},
-			Volumes: []corev1.Volume{{Name: "handoff", VolumeSource: corev1.VolumeSource{
-				HostPath: &corev1.HostPathVolumeSource{Path: "/run/handoff", Type: ptr.To(corev1.HostPathDirectory)},
-			}}},
+			Volumes: []corev1.Volume{
+				{Name: "handoff", VolumeSource: corev1.VolumeSource{
+					HostPath: &corev1.HostPathVolumeSource{Path: "/run/handoff", Type: ptr.To(corev1.HostPathDirectory)},
+				}},
+				{Name: "run", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+			},
 		},
 	}
 }
+
+// readyFile is where the streamer says it serves, for its readiness probe.
+const readyFile = "/var/run/streamer/ready"
 
 // namespace creates a namespace for one test, dumps it if the test fails
 // and deletes it afterwards.
@@ -524,6 +537,28 @@ func (s *suite) waitPodReady(t *testing.T, ns, name string) *corev1.Pod {
 			return false, "", fmt.Errorf("pod %s ended %s", name, p.Status.Phase)
 		}
 		return c != nil && c.Status == corev1.ConditionTrue, string(p.Status.Phase), nil
+	})
+	return &p
+}
+
+// waitPodRunning waits until the pod's streamer container runs; a
+// standby streamer is not Ready before it takes over.
+func (s *suite) waitPodRunning(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	var p corev1.Pod
+	waitFor(t, "pod "+name+" running", 2*time.Minute, func() (bool, string, error) {
+		if err := s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
+			return false, "", err
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == streamerName && cs.State.Running != nil {
+				if c := podCondition(&p, corev1.PodReady); c != nil && c.Status == corev1.ConditionTrue {
+					return false, "", fmt.Errorf("standby pod %s is Ready before it serves", name)
+				}
+				return true, "", nil
+			}
+		}
+		return false, string(p.Status.Phase), nil
 	})
 	return &p
 }
