@@ -44,6 +44,11 @@
 // process's copy, which does not affect the socket). Never shut a moved
 // connection down: shutdown acts on the socket, not on this process's copy.
 //
+// A process stopped during a migration (SIGTERM from kubelet) may Close its
+// Process and exit: before everything was exported the migration is called
+// off; after, the new process (or the agent's store) keeps the sockets, as
+// when the process exits.
+//
 // Descriptors are obtained through syscall.Conn's RawConn, never through
 // File(), which would switch the socket to blocking mode.
 //
