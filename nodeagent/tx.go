@@ -408,7 +408,7 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 				// everything: the sockets are the target's now, even if
 				// the source stopped before it could tell us.
 				if !committed && !srcGone {
-					t.log.Info("the target serves before the source confirmed its commit")
+					t.log.V(1).Info("the target serves before the source confirmed its commit")
 				}
 				committed = true
 				return done()
