@@ -276,6 +276,33 @@ func (f *faultSetup) checkSourceResumed(t *testing.T) {
 	}
 }
 
+// wantTakeover checks that a migration completed with the target taking
+// over, ready and holding at least the streams (short connections in
+// flight are imported too).
+func wantTakeover(t *testing.T, res admin.Result, dst *streamer, streams int, why string) {
+	t.Helper()
+	if res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("migration %s: %s: %s; want the target to take over %s", res.Phase, res.Reason, res.Message, why)
+	}
+	dst.waitReady(t)
+	if dst.imported < streams {
+		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
+	}
+}
+
+// checkStreamsCarriedOn checks, after a migration, that every stream
+// carries on with nothing lost, whoever serves it now.
+func (f *faultSetup) checkStreamsCarriedOn(t *testing.T) {
+	t.Helper()
+	f.load.advance(t)
+	f.load.stopShort(t)
+	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	} else {
+		t.Logf("client: %s", st)
+	}
+}
+
 func wantFailed(t *testing.T, res admin.Result, reason string) {
 	t.Helper()
 	if res.Phase != nodeagent.PhaseFailed || res.Reason != reason {
@@ -435,24 +462,11 @@ func testSourceCrashAfterExport(t *testing.T) {
 	if a.err != nil {
 		t.Fatal(a.err)
 	}
-	if a.res.Phase != nodeagent.PhaseCompleted {
-		t.Fatalf("migration %s: %s: %s; want the target to take over", a.res.Phase, a.res.Reason, a.res.Message)
-	}
-	dst.waitReady(t)
-	// Short connections in flight are imported too.
-	if dst.imported < streams {
-		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
-	}
+	wantTakeover(t, a.res, dst, streams, "")
 	if l := dst.line("RESUMED", childTimeout); field(l, "imported") != strconv.Itoa(dst.imported) {
 		t.Fatalf("target reports %q, want all %d imported connections carrying on", l, dst.imported)
 	}
-	f.load.advance(t)
-	f.load.stopShort(t)
-	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
-		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
-	} else {
-		t.Logf("client: %s", st)
-	}
+	f.checkStreamsCarriedOn(t)
 }
 
 // testTargetEMFILE gives the target too few descriptors for what it
@@ -527,13 +541,7 @@ func testSourceStoppedAfterCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Phase != nodeagent.PhaseCompleted {
-		t.Fatalf("migration %s: %s: %s; want Completed: the target serves", res.Phase, res.Reason, res.Message)
-	}
-	dst.waitReady(t)
-	if dst.imported < streams {
-		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
-	}
+	wantTakeover(t, res, dst, streams, "the target serves")
 	if l := dst.line("RESUMED", childTimeout); field(l, "imported") != strconv.Itoa(dst.imported) {
 		t.Fatalf("target reports %q, want all %d imported connections carrying on", l, dst.imported)
 	}
@@ -545,13 +553,7 @@ func testSourceStoppedAfterCommit(t *testing.T) {
 	if l, code := f.src.waitExit(t); l != "EXIT ok" || code != 0 {
 		t.Fatalf("source ended with %q, status %d; want it to let go and exit", l, code)
 	}
-	f.load.advance(t)
-	f.load.stopShort(t)
-	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
-		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
-	} else {
-		t.Logf("client: %s", st)
-	}
+	f.checkStreamsCarriedOn(t)
 }
 
 // testSourceClosedAfterExport sends SIGTERM to the source after it
@@ -600,20 +602,8 @@ func testSourceClosedAfterExport(t *testing.T) {
 	if a.err != nil {
 		t.Fatal(a.err)
 	}
-	if a.res.Phase != nodeagent.PhaseCompleted {
-		t.Fatalf("migration %s: %s: %s; want the target to take over from a source that shut down", a.res.Phase, a.res.Reason, a.res.Message)
-	}
-	dst.waitReady(t)
-	if dst.imported < streams {
-		t.Fatalf("target imported %d connections, want at least the %d streams", dst.imported, streams)
-	}
-	f.load.advance(t)
-	f.load.stopShort(t)
-	if st := f.load.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
-		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
-	} else {
-		t.Logf("client: %s", st)
-	}
+	wantTakeover(t, a.res, dst, streams, "from a source that shut down")
+	f.checkStreamsCarriedOn(t)
 }
 
 // TestBackAndForth50 migrates a live streamer under load 50 times, each
