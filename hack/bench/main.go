@@ -30,17 +30,21 @@ import (
 )
 
 type migRow struct {
-	n          int
-	pauses     []time.Duration
-	resumes    []time.Duration // pause + until the target resumed every imported connection
-	totals     []time.Duration
-	stalls     []time.Duration
-	fds        int
-	floor      floorResult
-	stats      loadclient.Stats
-	baseResets int64
-	baseClosed int64
-	baseDown   time.Duration
+	n       int
+	pauses  []time.Duration
+	resumes []time.Duration // pause + until the target resumed every imported connection
+	totals  []time.Duration
+	stalls  []time.Duration
+	fds     int
+	floor   floorResult
+	// loadedFloor is the same floor measured while the streams and the
+	// load client run, as the migrations do: how much of the pause the
+	// machine's other work costs any descriptor transfer.
+	loadedFloor floorResult
+	stats       loadclient.Stats
+	baseResets  int64
+	baseClosed  int64
+	baseDown    time.Duration
 }
 
 func main() {
@@ -138,6 +142,13 @@ func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Durati
 	if err != nil {
 		return r, err
 	}
+	if err := client.WaitAdvanced(ctx, client.Mark(), 1); err != nil {
+		return r, err
+	}
+	if r.loadedFloor, err = measureFloor(n, reps); err != nil {
+		return r, fmt.Errorf("floor under load: %w", err)
+	}
+	logf("N=%d: floor under the streams' load: one hop %v, two hops %v", n, r.loadedFloor.oneHop, r.loadedFloor.twoHop)
 	for i := 1; i <= reps; i++ {
 		if err := client.WaitAdvanced(ctx, client.Mark(), int64(rate)*int64(tick)/int64(time.Second)); err != nil {
 			return r, err
@@ -292,6 +303,15 @@ func report(rows []migRow) {
 		fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%.1fx\t%v\t%v\t%.0f\t%v\t%d\t%d\t\n", r.n, r.floor.oneHop.Round(time.Microsecond), r.floor.twoHop.Round(time.Microsecond),
 			p.Round(time.Microsecond), float64(p)/float64(r.floor.twoHop), a.Round(time.Microsecond), t.Round(time.Microsecond), fdps, s.Round(time.Millisecond),
 			r.stats.Resets, r.stats.Mismatches)
+	}
+	tw.Flush()
+	fmt.Println()
+	fmt.Println("The same floor measured while the streams and the load client run, as during the migrations:")
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "N\tfloor 1 hop\tfloor 2 hops\tpause/2-hop floor under load\t")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%d\t%v\t%v\t%.1fx\t\n", r.n, r.loadedFloor.oneHop.Round(time.Microsecond), r.loadedFloor.twoHop.Round(time.Microsecond),
+			float64(median(r.pauses))/float64(r.loadedFloor.twoHop))
 	}
 	tw.Flush()
 	fmt.Println()
