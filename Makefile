@@ -10,8 +10,9 @@ FUZZTIME ?= 60s
 # Pinned tool versions; builds are cached under bin/ keyed by version.
 CONTROLLER_GEN_VERSION ?= v0.23.0
 CONTROLLER_GEN := $(BIN)/tools/controller-gen-$(CONTROLLER_GEN_VERSION)/controller-gen
-K8S_VERSION  ?= 1.37.2
-ETCD_VERSION ?= 3.6.16
+# hack/lib.sh holds the versions every hack/ script builds and looks for.
+K8S_VERSION  ?= $(shell bash -c '. hack/lib.sh && echo $$K8S_VERSION')
+ETCD_VERSION ?= $(shell bash -c '. hack/lib.sh && echo $$ETCD_VERSION')
 KUBEBUILDER_ASSETS ?= $(BIN)/k8s/v$(K8S_VERSION)
 # The chart's tests live in their own module, so the Helm and kustomize
 # libraries stay out of the main module's graph.

@@ -32,17 +32,10 @@
 # CRICTL_VERSION (1.37.0), HELM_VERSION (3.22.0).
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-1.37.2}
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
-RUNC_VERSION=${RUNC_VERSION:-1.5.2}
-CNI_VERSION=${CNI_VERSION:-1.10.0}
-COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
-CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
-HELM_VERSION=${HELM_VERSION:-3.22.0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 CB=$ROOT/bin/cluster
 GO=${GO:-go}
-export K8S_VERSION
 
 FORCE=0
 for a in "$@"; do
@@ -55,32 +48,6 @@ done
 
 log() { printf 'cluster-bins: %s\n' "$*" >&2; }
 START=$(date +%s)
-
-# ok BIN ARGS... PATTERN: BIN exists, runs, and its output matches PATTERN.
-ok() {
-	local bin=$1 pattern=${*: -1} out
-	[ -x "$bin" ] || return 1
-	set -- "${@:2:$#-2}"
-	out=$("$bin" "$@" 2>&1) || return 1
-	grep -Eq -- "$pattern" <<<"$out"
-}
-
-# goinstall NAME DIR LDFLAGS PKG@VERSION...: go install into a temporary GOBIN next
-# to DIR, then move each binary into DIR. Extra go flags come from $GOINSTALL_FLAGS.
-goinstall() {
-	local name=$1 dir=$2 ldf=$3 tmp s
-	shift 3
-	tmp=$CB/.tmp-$name
-	rm -rf "$tmp"
-	mkdir -p "$tmp" "$dir"
-	log "building $name (cold: a minute or two; warm: seconds)"
-	s=$(date +%s)
-	# shellcheck disable=SC2086 # GOINSTALL_FLAGS is a list of flags
-	GOBIN=$tmp "$GO" install -trimpath ${GOINSTALL_FLAGS:-} -ldflags "-s -w $ldf" "$@"
-	for f in "$tmp"/*; do mv -f "$f" "$dir/"; done
-	rmdir "$tmp"
-	log "$name took $(($(date +%s) - s))s"
-}
 
 # 1. Kubernetes: the envtest script owns the wrapper module and its ldflags.
 "$ROOT/hack/envtest-bins.sh" --cluster $([ $FORCE = 1 ] && echo --force)

@@ -13,10 +13,8 @@
 # Environment: CLUSTER_DIR (/tmp/handoff-cluster), K8S_VERSION, CONTAINERD_VERSION, CRICTL_VERSION.
 set -uo pipefail # not -e: one cleanup step failing must not skip the rest
 
-K8S_VERSION=${K8S_VERSION:-1.37.2}
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
-CRICTL_VERSION=${CRICTL_VERSION:-1.37.0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 C=${CLUSTER_DIR:-/tmp/handoff-cluster}
 KB=$ROOT/bin/k8s/v$K8S_VERSION
 CTRD=$ROOT/bin/cluster/containerd-$CONTAINERD_VERSION

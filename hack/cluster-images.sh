@@ -16,8 +16,8 @@
 set -euo pipefail
 
 IMAGE_TAG=${IMAGE_TAG:-dev}
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 OUT=$ROOT/bin/images
 IMGBUILD=$ROOT/bin/tools/imgbuild/imgbuild
 CTR=$ROOT/bin/cluster/containerd-$CONTAINERD_VERSION/ctr

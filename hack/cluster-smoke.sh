@@ -12,10 +12,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 export CLUSTER_DIR=${CLUSTER_DIR:-/tmp/handoff-cluster}
 export IMAGE_TAG=${IMAGE_TAG:-smoke}
 PORT=${STREAM_PORT:-18080}
-K8S_VERSION=${K8S_VERSION:-1.37.2}
 KUBECTL=$ROOT/bin/k8s/v$K8S_VERSION/kubectl
 SNAP=$(mktemp -d)
 log() { printf 'cluster-smoke: %s\n' "$*" >&2; }

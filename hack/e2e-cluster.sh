@@ -30,6 +30,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 log() { printf 'e2e-cluster: %s\n' "$*" >&2; }
 
 if [ "${HANDOFF_E2E_LOCAL:-0}" != 1 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
@@ -39,9 +40,6 @@ fi
 
 export IMAGE_TAG=${IMAGE_TAG:-dev}
 export CLUSTER_DIR=${CLUSTER_DIR:-/tmp/handoff-cluster}
-K8S_VERSION=${K8S_VERSION:-1.37.2}
-HELM_VERSION=${HELM_VERSION:-3.22.0}
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 ARTIFACTS=${HANDOFF_E2E_ARTIFACTS:-${TMPDIR:-/tmp}/handoff-e2e-artifacts}
 GO=${GO:-go}

@@ -23,9 +23,8 @@
 # Environment: K8S_VERSION (1.37.2), ETCD_VERSION (3.6.16), ENVTEST_BIN_DIR.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-1.37.2}
-ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 WRAP=$ROOT/hack/tools/k8s
 ETCD_WRAP=$WRAP/etcd
 OUT=${ENVTEST_BIN_DIR:-$ROOT/bin/k8s/v$K8S_VERSION}

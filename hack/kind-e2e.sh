@@ -41,18 +41,15 @@
 # against it, and the two commands that remove them.
 set -euo pipefail
 
-KIND_VERSION=${KIND_VERSION:-0.33.0}
 KIND_CLUSTER=${KIND_CLUSTER:-handoff-e2e}
 KIND_POD_SUBNET=${KIND_POD_SUBNET:-10.244.0.0/16}
-K8S_VERSION=${K8S_VERSION:-1.37.2}
-HELM_VERSION=${HELM_VERSION:-3.22.0}
 IMAGE_TAG=${IMAGE_TAG:-dev}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/hack/lib.sh"
 CB=$ROOT/bin/cluster
 ARTIFACTS=${HANDOFF_E2E_ARTIFACTS:-${TMPDIR:-/tmp}/handoff-e2e-artifacts}
 GO=${GO:-go}
-export K8S_VERSION
 
 # kindest/node images: kind pulls them from Docker Hub. Each kind release
 # publishes a set, listed in its release notes, and only the @sha256 digest
@@ -91,29 +88,6 @@ end_phase() {
 	TIMINGS+=$(printf '\n  %-9s %5ss%s' "$PHASE" "$d" "$1")
 	log "$PHASE took ${d}s$1"
 	PHASE=""
-}
-
-# ok BIN ARGS... PATTERN: BIN exists, runs, and its output matches PATTERN.
-ok() {
-	local bin=$1 pattern=${*: -1} out
-	[ -x "$bin" ] || return 1
-	set -- "${@:2:$#-2}"
-	out=$("$bin" "$@" 2>&1) || return 1
-	grep -Eq -- "$pattern" <<<"$out"
-}
-
-# goinstall NAME DIR LDFLAGS PKG@VERSION: as in hack/cluster-bins.sh, go install
-# into a temporary GOBIN, then move the binary into DIR, so an interrupted build
-# never leaves a half-written binary that looks cached.
-goinstall() {
-	local name=$1 dir=$2 ldf=$3 tmp f
-	tmp=$CB/.tmp-$name
-	rm -rf "$tmp"
-	mkdir -p "$tmp" "$dir"
-	log "building $name (cold: a minute or two; warm: seconds)"
-	CGO_ENABLED=0 GOBIN=$tmp "$GO" install -trimpath -ldflags "-s -w $ldf" "$4"
-	for f in "$tmp"/*; do mv -f "$f" "$dir/"; done
-	rmdir "$tmp"
 }
 
 # --- preflight: everything that can fail in a second, before minutes of builds.
@@ -195,7 +169,7 @@ D=$CB/kind-$KIND_VERSION
 if ok "$KIND" version "^kind v$KIND_VERSION "; then
 	log "kind v$KIND_VERSION present"
 else
-	goinstall kind "$D" "" "sigs.k8s.io/kind@v$KIND_VERSION"
+	CGO_ENABLED=0 goinstall kind "$D" "" "sigs.k8s.io/kind@v$KIND_VERSION"
 	ok "$KIND" version "^kind v$KIND_VERSION " || die "$KIND does not report v$KIND_VERSION"
 fi
 # Same command, version stamp and directory as hack/cluster-bins.sh: one cache.
@@ -203,7 +177,7 @@ D=$CB/helm-$HELM_VERSION
 if ok "$HELM" version --short "^v$HELM_VERSION"; then
 	log "helm v$HELM_VERSION present"
 else
-	goinstall helm "$D" "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+	CGO_ENABLED=0 goinstall helm "$D" "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 	ok "$HELM" version --short "^v$HELM_VERSION" || die "$HELM does not report v$HELM_VERSION"
 fi
 # kubectl comes with kube-apiserver and etcd, which make test needs anyway.

@@ -479,6 +479,27 @@ func checkCRD(t *testing.T, objs []object) apiextensionsv1.CustomResourceDefinit
 // optionally a digest).
 var pinnedTag = regexp.MustCompile(`^[^@]+/[^/:@]+:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(@sha256:[0-9a-f]{64})?$`)
 
+// podSpecOf is the pod spec of a Deployment, DaemonSet or Pod; ok is false
+// for any other kind.
+func podSpecOf(t *testing.T, o object) (spec corev1.PodSpec, ok bool) {
+	t.Helper()
+	switch o.Kind {
+	case "Deployment":
+		var d appsv1.Deployment
+		o.decode(t, &d)
+		return d.Spec.Template.Spec, true
+	case "DaemonSet":
+		var d appsv1.DaemonSet
+		o.decode(t, &d)
+		return d.Spec.Template.Spec, true
+	case "Pod":
+		var p corev1.Pod
+		o.decode(t, &p)
+		return p.Spec, true
+	}
+	return corev1.PodSpec{}, false
+}
+
 // checkImages asserts every container of every workload and pod pulls
 // IfNotPresent an image with an explicit tag that is not "latest"; with
 // wantTag, that tag.
@@ -486,23 +507,11 @@ func checkImages(t *testing.T, objs []object, wantTag string) {
 	t.Helper()
 	n := 0
 	for _, o := range objs {
-		var spec corev1.PodSpec
-		switch o.Kind {
-		case "Deployment":
-			var d appsv1.Deployment
-			o.decode(t, &d)
-			spec = d.Spec.Template.Spec
-		case "DaemonSet":
-			var d appsv1.DaemonSet
-			o.decode(t, &d)
-			spec = d.Spec.Template.Spec
-		case "Pod":
-			var p corev1.Pod
-			o.decode(t, &p)
-			spec = p.Spec
-		case "StatefulSet", "Job", "CronJob", "ReplicaSet":
+		spec, ok := podSpecOf(t, o)
+		switch {
+		case !ok && slices.Contains([]string{"StatefulSet", "Job", "CronJob", "ReplicaSet"}, o.Kind):
 			t.Fatalf("%s %s: checkImages does not know %s yet", o.Source, o.key(), o.Kind)
-		default:
+		case !ok:
 			continue
 		}
 		for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {

@@ -171,17 +171,8 @@ func TestWorkloadFlagsExist(t *testing.T) {
 	}
 	for _, objs := range sets {
 		for _, o := range objs {
-			var spec corev1.PodSpec
-			switch o.Kind {
-			case "Deployment":
-				var d appsv1.Deployment
-				o.decode(t, &d)
-				spec = d.Spec.Template.Spec
-			case "DaemonSet":
-				var d appsv1.DaemonSet
-				o.decode(t, &d)
-				spec = d.Spec.Template.Spec
-			default:
+			spec, ok := podSpecOf(t, o)
+			if !ok || o.Kind == "Pod" {
 				continue
 			}
 			for _, c := range spec.Containers {
