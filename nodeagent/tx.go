@@ -115,6 +115,7 @@ func setState(s *session, state string) {
 type relayCounter struct {
 	sum     wire.Summary
 	nextSeq uint32
+	bi      wire.BatchInfo // reused: a transfer is thousands of entries
 }
 
 func (r *relayCounter) check(m wire.Msg) error {
@@ -124,8 +125,8 @@ func (r *relayCounter) check(m wire.Msg) error {
 	if m.Flags != 0 && m.Flags != wire.BatchMemfd {
 		return fmt.Errorf("batch %d has unknown flags %#x", m.Seq, m.Flags)
 	}
-	bi, err := wire.DecodeBatch(m.Body, len(m.FDs))
-	if err != nil {
+	bi := &r.bi
+	if err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs)); err != nil {
 		return err
 	}
 	if bi.Memfd != (m.Flags&wire.BatchMemfd != 0) {

@@ -67,6 +67,17 @@
 // while the agent holds sockets stored for its name (the in-place restart
 // case) receives them during Join whether or not it is in standby.
 //
+// # The pause and the garbage collector
+//
+// While connections are frozen (on the source from Prepare until the
+// migration is decided, on the target while it receives and during Ready)
+// the package turns the garbage collector off with debug.SetGCPercent(-1)
+// and restores the previous setting afterwards. A collection that starts
+// then, which the export's own allocations tend to trigger, would scan
+// every goroutine's stack while no client is served. A collection already
+// running is finished before the connections are frozen. A memory limit
+// (GOMEMLIMIT, debug.SetMemoryLimit) still applies throughout.
+//
 // The wire protocol is specified in docs/protocol.md; this package depends
 // only on the standard library, golang.org/x/sys and the wire package.
 package handoff

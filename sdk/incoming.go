@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,8 +23,10 @@ type incoming struct {
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	packets   map[string]net.PacketConn
-	conns     []Imported
+	conns     []Imported   // every batch's, once End arrived
+	batches   [][]Imported // until then, each batch's own: no regrowing
 	err       error
+	bi        wire.BatchInfo // reused for every batch
 
 	gates   []*sockGate
 	onAbort []func()
@@ -77,17 +80,19 @@ func (in *incoming) closeAll() {
 		delete(in.packets, k)
 	}
 	var fds []int
-	for _, ic := range in.conns {
-		if sc, ok := ic.Conn.(*sockConn); ok {
-			if fd, ok := sc.release(); ok {
-				fds = append(fds, fd)
-				continue
+	for _, b := range append(in.batches, in.conns) {
+		for _, ic := range b {
+			if sc, ok := ic.Conn.(*sockConn); ok {
+				if fd, ok := sc.release(); ok {
+					fds = append(fds, fd)
+					continue
+				}
 			}
+			ic.Conn.Close()
 		}
-		ic.Conn.Close()
 	}
 	wire.CloseAll(fds) // in arrival order: mostly consecutive numbers
-	in.conns = nil
+	in.conns, in.batches = nil, nil
 	for _, f := range in.onAbort {
 		f()
 	}
@@ -136,6 +141,7 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 	}
 	step("begin")
+	defer holdGC()()
 	in.deadline = time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
 	c.SetReadDeadline(in.deadline)
 	defer c.SetReadDeadline(time.Time{})
@@ -155,8 +161,8 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 		}
 		switch m.Type {
 		case wire.TypeBatch:
-			bi, err := wire.DecodeBatch(m.Body, len(m.FDs))
-			if err != nil {
+			bi := &in.bi
+			if err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs)); err != nil {
 				m.CloseFDs()
 				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 			}
@@ -174,7 +180,7 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 			step("batch")
 			// Adopting costs no system call for a connection, so it is
 			// done here: a goroutine per batch cost more in wake-ups.
-			in.adopt(bi, m.FDs)
+			in.adopt(*bi, m.FDs)
 			if in.err != nil {
 				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
 			}
@@ -189,6 +195,10 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
 			}
 			step("end")
+			in.mu.Lock()
+			in.conns = slices.Concat(in.batches...)
+			in.batches = nil
+			in.mu.Unlock()
 			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
 				return nil, p.abortIncoming(in, wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
 					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
@@ -315,7 +325,7 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 		}
 	}
 	in.mu.Lock()
-	in.conns = append(in.conns, conns...)
+	in.batches = append(in.batches, conns)
 	in.mu.Unlock()
 	if firstErr != nil {
 		fail(firstErr)
@@ -334,6 +344,7 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	}
 	p.mu.Unlock()
 	step("before-ready")
+	defer holdGC()()
 	counts := wire.Summary{Conns: uint32(len(in.conns))}
 	sendErr := in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: in.txid}, Body: counts.Marshal()})
 	if sendErr != nil {

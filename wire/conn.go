@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,6 +81,7 @@ type Conn struct {
 
 	wmu  sync.Mutex
 	wbuf []byte
+	woob []byte
 }
 
 // oobSpace fits the largest legal SCM_RIGHTS message plus slack, so that an
@@ -173,7 +176,7 @@ func (c *Conn) Send(m Msg) error {
 	c.wbuf = b[:0]
 	var oob []byte
 	if len(m.FDs) > 0 {
-		oob = unix.UnixRights(m.FDs...)
+		oob = putRights(&c.woob, m.FDs)
 	}
 	n, oobn, err := c.uc.WriteMsgUnix(b, oob, nil)
 	if err != nil {
@@ -217,6 +220,26 @@ func (c *Conn) Recv() (Msg, error) {
 		return Msg{}, fmt.Errorf("receive: %w", err)
 	}
 	return Msg{Header: h, Body: append([]byte(nil), body...), FDs: fds}, nil
+}
+
+// putRights is unix.UnixRights into a buffer kept for the next send.
+func putRights(buf *[]byte, fds []int) []byte {
+	datalen := len(fds) * 4
+	n := unix.CmsgSpace(datalen)
+	if cap(*buf) < n {
+		*buf = make([]byte, unix.CmsgSpace(MaxFDs*4))
+	}
+	b := (*buf)[:n]
+	clear(b)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level = unix.SOL_SOCKET
+	h.Type = unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(datalen))
+	data := b[unix.CmsgLen(0):]
+	for i, fd := range fds {
+		binary.NativeEndian.PutUint32(data[4*i:], uint32(int32(fd)))
+	}
+	return b
 }
 
 // parseRights extracts every descriptor from SCM_RIGHTS control messages.

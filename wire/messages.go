@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 )
 
 func fileFromFD(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
@@ -403,6 +404,13 @@ func InlineSize(entries []Entry) int {
 // they are inline and states is nil; otherwise the body holds only lengths,
 // flags has BatchMemfd, and states is the concatenation to put in a memfd.
 func MarshalBatch(entries []Entry) (body []byte, flags uint16, states []byte) {
+	return AppendBatch(nil, entries)
+}
+
+// AppendBatch is MarshalBatch appending the body to dst, so that a sender
+// can reuse one buffer for every batch of a transfer: in a process that
+// sends thousands of connections, fresh buffers cost a page fault each.
+func AppendBatch(dst []byte, entries []Entry) (body []byte, flags uint16, states []byte) {
 	inline := InlineSize(entries) <= MaxBody
 	size := 8
 	for i := range entries {
@@ -411,7 +419,7 @@ func MarshalBatch(entries []Entry) (body []byte, flags uint16, states []byte) {
 			size += len(entries[i].State)
 		}
 	}
-	e := enc{make([]byte, 0, size)}
+	e := enc{slices.Grow(dst, size)}
 	e.u16(uint16(len(entries)))
 	if !inline {
 		flags = BatchMemfd
@@ -445,29 +453,40 @@ type BatchInfo struct {
 // DecodeBatch checks a batch body against the number of descriptors that
 // arrived with it. It does not touch the descriptors.
 func DecodeBatch(body []byte, nfds int) (BatchInfo, error) {
+	var bi BatchInfo
+	err := DecodeBatchInto(&bi, body, nfds)
+	return bi, err
+}
+
+// DecodeBatchInto is DecodeBatch reusing bi's slices, so that a receiver
+// of many batches allocates them once. The entries' states alias body.
+func DecodeBatchInto(bi *BatchInfo, body []byte, nfds int) error {
+	entries, lens := bi.Entries[:0], bi.StateLens[:0]
+	*bi = BatchInfo{}
 	d := dec{b: body}
 	count := int(d.u16())
 	flags := d.u16()
 	d.u32()
 	if d.err != nil {
-		return BatchInfo{}, fmt.Errorf("decode batch: %w", d.err)
+		return fmt.Errorf("decode batch: %w", d.err)
 	}
-	bi := BatchInfo{Memfd: flags&BatchMemfd != 0}
+	bi.Memfd = flags&BatchMemfd != 0
 	if flags&^BatchMemfd != 0 {
-		return bi, fmt.Errorf("decode batch: %w: unknown flags %#x", ErrMalformed, flags)
+		return fmt.Errorf("decode batch: %w: unknown flags %#x", ErrMalformed, flags)
 	}
 	want := count
 	if bi.Memfd {
 		want++
 	}
 	if want != nfds {
-		return bi, fmt.Errorf("decode batch: %w: %d entries (memfd %v) but %d descriptors", ErrFDCount, count, bi.Memfd, nfds)
+		return fmt.Errorf("decode batch: %w: %d entries (memfd %v) but %d descriptors", ErrFDCount, count, bi.Memfd, nfds)
 	}
 	if count == 0 {
-		return bi, fmt.Errorf("decode batch: %w: empty batch", ErrMalformed)
+		return fmt.Errorf("decode batch: %w: empty batch", ErrMalformed)
 	}
-	bi.Entries = make([]Entry, count)
-	bi.StateLens = make([]uint32, count)
+	bi.Entries = slices.Grow(entries, count)[:count]
+	bi.StateLens = slices.Grow(lens, count)[:count]
+	clear(bi.Entries)
 	for i := 0; i < count && d.err == nil; i++ {
 		kind := d.u8()
 		d.u8()
@@ -477,13 +496,13 @@ func DecodeBatch(body []byte, nfds int) (BatchInfo, error) {
 			break
 		}
 		if kind < KindListener || kind > KindPacket {
-			return bi, fmt.Errorf("decode batch: %w: entry %d has unknown kind %d", ErrMalformed, i, kind)
+			return fmt.Errorf("decode batch: %w: entry %d has unknown kind %d", ErrMalformed, i, kind)
 		}
 		if klen > MaxKey {
-			return bi, fmt.Errorf("decode batch: %w: entry %d key of %d bytes, limit %d", ErrTooLarge, i, klen, MaxKey)
+			return fmt.Errorf("decode batch: %w: entry %d key of %d bytes, limit %d", ErrTooLarge, i, klen, MaxKey)
 		}
 		if slen > MaxState {
-			return bi, fmt.Errorf("decode batch: %w: entry %d state of %d bytes, limit %d", ErrTooLarge, i, slen, MaxState)
+			return fmt.Errorf("decode batch: %w: entry %d state of %d bytes, limit %d", ErrTooLarge, i, slen, MaxState)
 		}
 		bi.Entries[i].Kind = kind
 		bi.Entries[i].Key = key(d.take(klen))
@@ -496,9 +515,9 @@ func DecodeBatch(body []byte, nfds int) (BatchInfo, error) {
 		}
 	}
 	if err := d.done("batch"); err != nil {
-		return bi, err
+		return err
 	}
-	return bi, nil
+	return nil
 }
 
 // key converts a batch entry's key, without allocating for the keys every

@@ -1,0 +1,33 @@
+package handoff
+
+import (
+	"runtime/debug"
+	"testing"
+)
+
+// gcPercent reads the collector's setting without changing it.
+func gcPercent() int {
+	p := debug.SetGCPercent(-1)
+	debug.SetGCPercent(p)
+	return p
+}
+
+func TestHoldGCNestsAndRestores(t *testing.T) {
+	orig := debug.SetGCPercent(150)
+	defer debug.SetGCPercent(orig)
+
+	r1 := holdGC()
+	r2 := holdGC()
+	if p := gcPercent(); p != -1 {
+		t.Fatalf("GC percent while held = %d, want -1", p)
+	}
+	r1()
+	r1() // a second call is a no-op, not a second release
+	if p := gcPercent(); p != -1 {
+		t.Fatalf("GC percent with one hold left = %d, want -1", p)
+	}
+	r2()
+	if p := gcPercent(); p != 150 {
+		t.Fatalf("GC percent after the last release = %d, want 150", p)
+	}
+}
