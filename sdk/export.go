@@ -328,7 +328,7 @@ var errDecided = errors.New("the migration was decided while exporting")
 func (x *exportTx) run() {
 	p := x.p
 	step("prepare")
-	defer holdGC()()
+	defer holdGC(gcHoldMax)()
 	start := time.Now()
 	freezeStart := wire.Monotonic()
 	deadline := start.Add(time.Duration(x.prep.TimeoutMS) * time.Millisecond)

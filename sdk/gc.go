@@ -3,6 +3,7 @@ package handoff
 import (
 	"runtime/debug"
 	"sync"
+	"time"
 )
 
 // The garbage collector is held off while a handoff pauses the
@@ -19,10 +20,16 @@ var gcHold struct {
 	saved int
 }
 
+// gcHoldMax bounds a hold: a handoff that waits longer than this (on a
+// target that warms up for seconds, say) is not worth memory growing
+// without a collection.
+const gcHoldMax = time.Second
+
 // holdGC turns the garbage collector off until the returned function is
-// called; a memory limit (GOMEMLIMIT) still applies. A collection already
-// marking is finished first, so call it before the pause starts.
-func holdGC() (release func()) {
+// called or max has passed; a memory limit (GOMEMLIMIT) still applies. A
+// collection already marking is finished first, so call it before the
+// pause starts.
+func holdGC(max time.Duration) (release func()) {
 	gcHold.Lock()
 	if gcHold.n == 0 {
 		gcHold.saved = debug.SetGCPercent(-1)
@@ -30,8 +37,10 @@ func holdGC() (release func()) {
 	gcHold.n++
 	gcHold.Unlock()
 	var once sync.Once
-	return func() {
+	var timer *time.Timer
+	release = func() {
 		once.Do(func() {
+			timer.Stop()
 			gcHold.Lock()
 			gcHold.n--
 			if gcHold.n == 0 {
@@ -40,4 +49,6 @@ func holdGC() (release func()) {
 			gcHold.Unlock()
 		})
 	}
+	timer = time.AfterFunc(max, release)
+	return release
 }

@@ -3,6 +3,7 @@ package handoff
 import (
 	"runtime/debug"
 	"testing"
+	"time"
 )
 
 // gcPercent reads the collector's setting without changing it.
@@ -16,8 +17,8 @@ func TestHoldGCNestsAndRestores(t *testing.T) {
 	orig := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(orig)
 
-	r1 := holdGC()
-	r2 := holdGC()
+	r1 := holdGC(time.Hour)
+	r2 := holdGC(time.Hour)
 	if p := gcPercent(); p != -1 {
 		t.Fatalf("GC percent while held = %d, want -1", p)
 	}
@@ -29,5 +30,20 @@ func TestHoldGCNestsAndRestores(t *testing.T) {
 	r2()
 	if p := gcPercent(); p != 150 {
 		t.Fatalf("GC percent after the last release = %d, want 150", p)
+	}
+}
+
+func TestHoldGCEndsByItself(t *testing.T) {
+	orig := debug.SetGCPercent(150)
+	defer debug.SetGCPercent(orig)
+
+	release := holdGC(time.Millisecond)
+	defer release()
+	deadline := time.Now().Add(10 * time.Second)
+	for gcPercent() != 150 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hold did not end by itself")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -28,6 +28,8 @@ type incoming struct {
 	err       error
 	bi        wire.BatchInfo // reused for every batch
 
+	releaseGC func() // ends the collector's hold taken at Begin
+
 	gates   []*sockGate
 	onAbort []func()
 
@@ -107,7 +109,7 @@ func (in *incoming) closeAll() {
 
 // receive waits for Begin and takes in every batch until End. Any failure
 // is reported to the agent and returned wrapped in ErrAborted.
-func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) {
+func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retErr error) {
 	c := p.agent
 	wait := p.opts.StandbyTimeout
 	if pending && !p.opts.Standby {
@@ -141,7 +143,14 @@ func (p *Process) receive(ctx context.Context, pending bool) (*incoming, error) 
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 	}
 	step("begin")
-	defer holdGC()()
+	// The pause runs on until Ready: hold the collector that long (finish
+	// releases it), or until this returns without a handoff.
+	in.releaseGC = holdGC(gcHoldMax)
+	defer func() {
+		if retErr != nil {
+			in.endGCHold()
+		}
+	}()
 	in.deadline = time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
 	c.SetReadDeadline(in.deadline)
 	defer c.SetReadDeadline(time.Time{})
@@ -266,6 +275,13 @@ func (p *Process) drainAgent(txid uint64) {
 	}
 }
 
+// endGCHold ends the collector's hold, if there is one.
+func (in *incoming) endGCHold() {
+	if in.releaseGC != nil {
+		in.releaseGC()
+	}
+}
+
 // adopt turns one batch's descriptors into net objects. A connection's
 // descriptor is owned by its sockConn from then on; every other descriptor
 // is closed here, whether adopted (net dups it) or not.
@@ -344,7 +360,7 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	}
 	p.mu.Unlock()
 	step("before-ready")
-	defer holdGC()()
+	defer in.endGCHold()
 	counts := wire.Summary{Conns: uint32(len(in.conns))}
 	sendErr := in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: in.txid}, Body: counts.Marshal()})
 	if sendErr != nil {
