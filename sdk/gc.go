@@ -3,6 +3,7 @@ package handoff
 import (
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,10 +38,12 @@ func holdGC(max time.Duration) (release func()) {
 	gcHold.n++
 	gcHold.Unlock()
 	var once sync.Once
-	var timer *time.Timer
+	var timer atomic.Pointer[time.Timer] // the timer may fire before it is stored
 	release = func() {
 		once.Do(func() {
-			timer.Stop()
+			if t := timer.Load(); t != nil {
+				t.Stop()
+			}
 			gcHold.Lock()
 			gcHold.n--
 			if gcHold.n == 0 {
@@ -49,6 +52,6 @@ func holdGC(max time.Duration) (release func()) {
 			gcHold.Unlock()
 		})
 	}
-	timer = time.AfterFunc(max, release)
+	timer.Store(time.AfterFunc(max, release))
 	return release
 }
