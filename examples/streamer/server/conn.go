@@ -76,8 +76,8 @@ type conn struct {
 	next    int64  // body offset of the next byte to generate
 	pending []byte // produced but not yet written
 	bufp    *[]byte
-	ticker  *time.Ticker
-	catchUp bool // produce a chunk without waiting for the first tick
+	timer   *time.Timer
+	due     time.Time // when the next chunk is due; zero until streaming
 	// imported: the connection came from another process; resumed is
 	// called once its goroutine has carried on (nil afterwards).
 	imported bool
@@ -106,9 +106,12 @@ func (c *conn) restore(st *connState) {
 		c.req = c.reqBuf[:copy(c.reqBuf[:], st.Request)]
 	case phaseStream:
 		c.name, c.next, c.pending = st.Name, st.Next, st.Unsent
-		// The client waited through the handoff: send the next chunk at
-		// once instead of a tick later.
-		c.catchUp = true
+		// The pace carries on where it was: the chunk is sent when it was
+		// due, at once if that was during the handoff.
+		c.due = time.Now()
+		if st.Due > 0 {
+			c.due = time.Unix(0, st.Due)
+		}
 	case phaseClosing:
 		c.pending = st.Unsent
 	}
@@ -203,8 +206,8 @@ func (c *conn) run() {
 	}
 	e := c.serve()
 	c.markResumed()
-	if c.ticker != nil {
-		c.ticker.Stop()
+	if c.timer != nil {
+		c.timer.Stop()
 	}
 	c.releaseBuf()
 	c.releaseReq()
@@ -293,9 +296,13 @@ func (c *conn) startStream(name string) {
 
 // writeLoop writes pending bytes and, in phaseStream, one chunk per tick.
 func (c *conn) writeLoop() end {
-	if c.phase == phaseStream && c.ticker == nil {
-		c.ticker = time.NewTicker(c.s.cfg.Tick)
+	if c.phase == phaseStream && c.timer == nil {
+		if c.due.IsZero() {
+			c.due = time.Now().Add(c.s.cfg.Tick)
+		}
+		c.timer = time.NewTimer(time.Until(c.due))
 	}
+	thawed := false // a freeze of this connection was just called off
 	for {
 		for len(c.pending) > 0 {
 			n, err := c.nc.Write(c.pending)
@@ -314,19 +321,25 @@ func (c *conn) writeLoop() end {
 		if c.s.stopping.Load() {
 			return endStop
 		}
-		if c.catchUp {
-			c.catchUp = false
+		if c.phase == phaseStream && !time.Now().Before(c.due) && (thawed || c.s.frozen.Load() == 0) {
+			// Due already: it fell due during the handoff that brought
+			// the connection here, or during a freeze called off.
+			thawed = false
 			c.produce()
+			c.nextDue()
 			continue
 		}
+		thawed = false
 		c.park()
 		select {
-		case <-c.ticker.C:
+		case <-c.timer.C:
 			if c.s.frozen.Load() > 0 {
 				// A migration is freezing this process's connections:
-				// leave this tick out, staying parked, rather than take
-				// the CPU the freeze needs for bytes that the freeze would
-				// only have to carry over. The rate is an upper bound.
+				// stay parked rather than take the CPU the freeze needs
+				// for bytes that the freeze would only have to carry
+				// over. The chunk stays due: it goes with the state, or
+				// right after a Resume, or a tick later at the latest.
+				c.timer.Reset(c.s.cfg.Tick)
 				continue
 			}
 			if c.unpark() {
@@ -335,6 +348,7 @@ func (c *conn) writeLoop() end {
 				}
 			}
 			c.produce()
+			c.nextDue()
 		case req := <-c.ctl:
 			// The Freeze that sent it found the goroutine busy, so the
 			// state was not taken while parked.
@@ -342,12 +356,14 @@ func (c *conn) writeLoop() end {
 			if e := c.frozen(req); e != endNone {
 				return e
 			}
+			thawed = true
 		case moved := <-c.after:
 			// Only a freeze taken while parked ends here.
 			c.unpark()
 			if moved {
 				return endMoved
 			}
+			thawed = true
 		case <-c.s.stop:
 			if c.unpark() {
 				// Frozen: the SDK still owes this connection an outcome.
@@ -359,6 +375,19 @@ func (c *conn) writeLoop() end {
 			return endStop
 		}
 	}
+}
+
+// nextDue moves the due time one tick on and re-arms the timer. A
+// connection more than a tick behind (its client reads slower than the
+// rate, or the process was starved) drops the ticks it missed: the rate
+// is an upper bound.
+func (c *conn) nextDue() {
+	now := time.Now()
+	c.due = c.due.Add(c.s.cfg.Tick)
+	if c.due.Before(now.Add(-c.s.cfg.Tick)) {
+		c.due = now.Add(c.s.cfg.Tick)
+	}
+	c.timer.Reset(c.due.Sub(now))
 }
 
 // markResumed reports, once, that an imported connection carries on:
@@ -441,6 +470,9 @@ func (c *conn) ioError(err error) end {
 // encodeState is the state record of the connection's fields.
 func (c *conn) encodeState() []byte {
 	st := connState{Phase: c.phase, Request: c.req, Name: c.name, Next: c.next, Unsent: c.pending}
+	if c.phase == phaseStream && !c.due.IsZero() {
+		st.Due = c.due.UnixNano()
+	}
 	return appendState(make([]byte, 0, 32+len(c.req)+len(c.name)+len(c.pending)), &st)
 }
 

@@ -10,15 +10,21 @@
 //
 // # Pacing
 //
-// Each streaming connection has one time.Ticker: every Tick it generates
+// Each streaming connection has one time.Timer: every Tick it generates
 // Rate*Tick bytes (at least one) into a pooled buffer and writes them. The
-// tickers of different connections start at different instants, which
+// timers of different connections start at different instants, which
 // spreads the work over the tick instead of waking every goroutine at once;
 // buffers are taken from a sync.Pool only while bytes are pending, so an
 // idle connection holds none and the steady state allocates nothing. A
 // client that reads slower than Rate blocks its Write and loses ticks: the
-// rate is an upper bound. A connection received in a handoff sends its next
-// chunk at once, so that the handoff pause is not lengthened by a tick.
+// rate is an upper bound.
+//
+// The pace survives a handoff: the state says when the next chunk is due,
+// and the next process sends it then, at once if that time passed during
+// the handoff. It starts the connections that are due first first. A
+// client whose chunk was not due during the pause sees nothing of the
+// handoff, and the chunks of thousands of connections stay spread over
+// the tick rather than all falling due when the new process takes over.
 //
 // # Handoff
 //
@@ -32,10 +38,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,9 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
-	for _, ic := range imported {
-		s.importConn(ic)
-	}
+	s.importConns(imported)
 	if cfg.OnReady != nil {
 		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported)})
 	}
@@ -291,19 +297,32 @@ func isTemporary(err error) bool {
 	return errors.As(err, &t) && t.Temporary()
 }
 
-// importConn starts serving a connection received in a handoff.
-func (s *server) importConn(ic handoff.Imported) {
-	st, err := decodeState(ic.State)
-	if err != nil {
-		s.logf("streamer: imported connection from %s: %v; closing it", ic.Conn.RemoteAddr(), err)
-		_ = ic.Conn.Close()
-		if s.onResumed != nil {
-			s.onResumed()
-		}
-		return
+// importConns starts serving the connections received in a handoff, those
+// whose next chunk is due first first: starting thousands of goroutines
+// takes a while, and a connection that is not due yet can wait for it.
+func (s *server) importConns(imported []handoff.Imported) {
+	type decoded struct {
+		ic handoff.Imported
+		st connState
 	}
-	s.imported.Add(1)
-	s.start(ic.Conn, &st)
+	ds := make([]decoded, 0, len(imported))
+	for _, ic := range imported {
+		st, err := decodeState(ic.State)
+		if err != nil {
+			s.logf("streamer: imported connection from %s: %v; closing it", ic.Conn.RemoteAddr(), err)
+			_ = ic.Conn.Close()
+			if s.onResumed != nil {
+				s.onResumed()
+			}
+			continue
+		}
+		ds = append(ds, decoded{ic, st})
+	}
+	slices.SortStableFunc(ds, func(a, b decoded) int { return cmp.Compare(a.st.Due, b.st.Due) })
+	for i := range ds {
+		s.imported.Add(1)
+		s.start(ds[i].ic.Conn, &ds[i].st)
+	}
 }
 
 // start tracks nc and serves it from st (nil: a new connection).

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -482,7 +483,7 @@ func TestImportBadState(t *testing.T) {
 	s := newTarget(t, Config{})
 	a, b := net.Pipe()
 	defer b.Close()
-	s.importConn(handoff.Imported{Conn: a, State: []byte{9, 9}})
+	s.importConns([]handoff.Imported{{Conn: a, State: []byte{9, 9}}})
 	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("read from a connection with a bad state: %v, want EOF", err)
 	}
@@ -507,4 +508,53 @@ func newTarget(t *testing.T, cfg Config) *server {
 	}
 	cfg.Logf = t.Logf
 	return newServer(cfg, p)
+}
+
+// TestMoveKeepsPace checks that a moved connection keeps its pace: its
+// state says when the next chunk is due, and the next process sends it
+// then, at once if that time has passed, and not before.
+func TestMoveKeepsPace(t *testing.T) {
+	cfg := Config{Rate: 2000, Tick: 50 * time.Millisecond}
+	ts := startServer(t, cfg)
+	defer ts.stop()
+	// A target whose own tick is an hour: any byte it sends soon comes
+	// from the carried due time.
+	next := newTarget(t, Config{Rate: 2000, Tick: time.Hour})
+	defer func() { next.shutdown(); next.drain() }()
+
+	move := func(name string, due time.Time) (*net.TCPConn, *bufio.Reader, *stream.Verifier, connState) {
+		c := dial(t, ts.addr, false)
+		io.WriteString(c, "GET /streams/"+name+" HTTP/1.1\r\n\r\n")
+		tr := waitTracked(t, ts)
+		r := bufio.NewReader(c)
+		readHeader(t, r)
+		v := stream.NewVerifier(name, 0)
+		verify(t, r, v, 100)
+		parked(t, tr.c)
+		before := time.Now()
+		st := freezeState(t, tr)
+		if got := time.Unix(0, st.Due); got.Before(before.Add(-cfg.Tick)) || got.After(before.Add(cfg.Tick)) {
+			t.Fatalf("%s: state due at %v, want within a tick of %v", name, got, before)
+		}
+		tr.h.Moved()
+		<-tr.c.done
+		st.Due = due.UnixNano()
+		next.start(tr.c.nc, &st)
+		return c, r, v, st
+	}
+
+	// Due during the handoff: sent at once, not an hour later.
+	c, r, v, st := move("pace-past", time.Now().Add(-time.Second))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	verify(t, r, v, st.Next-v.Offset()+1)
+
+	// Due later: nothing before that time, then the chunk.
+	due := time.Now().Add(300 * time.Millisecond)
+	c, r, v, st = move("pace-later", due)
+	c.SetReadDeadline(due.Add(-20 * time.Millisecond))
+	if n, err := r.Read(make([]byte, 1)); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read before the due time: %d bytes, %v; want a timeout", n, err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	verify(t, r, v, st.Next-v.Offset()+1)
 }

@@ -6,8 +6,9 @@ import (
 	"fmt"
 )
 
-// stateVersion is the first byte of every encoded connection state.
-const stateVersion = 1
+// stateVersion is the first byte of every encoded connection state. Version
+// 1 had no Due; it is still decoded, as due at once.
+const stateVersion = 2
 
 // Limits enforced when decoding a state record received from another
 // process.
@@ -45,9 +46,9 @@ func (p phase) String() string {
 //
 // Encoding (all integers unsigned varints):
 //
-//	version(1 byte)=1 phase(1 byte)
+//	version(1 byte)=2 phase(1 byte)
 //	phaseRequest: len(Request) Request
-//	phaseStream:  len(Name) Name Next len(Unsent) Unsent
+//	phaseStream:  len(Name) Name Next len(Unsent) Unsent Due
 //	phaseClosing: len(Unsent) Unsent
 type connState struct {
 	Phase   phase
@@ -55,6 +56,11 @@ type connState struct {
 	Name    string // phaseStream
 	Next    int64  // phaseStream: body offset of the next byte to generate
 	Unsent  []byte // phaseStream, phaseClosing: bytes to write first
+	// Due, in phaseStream, is when the next chunk is due, in Unix
+	// nanoseconds (0: at once). The next process keeps the connection's
+	// pace where it was, so that the chunks of thousands of connections
+	// stay spread over the tick instead of all falling due at the handoff.
+	Due int64
 }
 
 // errBadState is wrapped by every decoding error.
@@ -73,6 +79,7 @@ func appendState(b []byte, s *connState) []byte {
 		b = binary.AppendUvarint(b, uint64(s.Next))
 		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
 		b = append(b, s.Unsent...)
+		b = binary.AppendUvarint(b, uint64(max(s.Due, 0)))
 	case phaseClosing:
 		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
 		b = append(b, s.Unsent...)
@@ -86,8 +93,9 @@ func decodeState(b []byte) (connState, error) {
 	if len(b) < 2 {
 		return s, fmt.Errorf("%w: %d bytes, too short", errBadState, len(b))
 	}
-	if b[0] != stateVersion {
-		return s, fmt.Errorf("%w: version %d, want %d", errBadState, b[0], stateVersion)
+	version := b[0]
+	if version != 1 && version != stateVersion {
+		return s, fmt.Errorf("%w: version %d, want 1 or %d", errBadState, b[0], stateVersion)
 	}
 	s.Phase = phase(b[1])
 	d := decoder{b: b[2:]}
@@ -102,6 +110,13 @@ func decodeState(b []byte) (connState, error) {
 		}
 		s.Next = int64(next)
 		s.Unsent = d.bytes("unsent", maxUnsent)
+		if version >= 2 {
+			due := d.uvarint("due time")
+			if d.err == nil && due > 1<<62 {
+				d.err = fmt.Errorf("due time %d out of range", due)
+			}
+			s.Due = int64(due)
+		}
 		if d.err == nil && !validName(s.Name) {
 			d.err = fmt.Errorf("invalid stream name %q", s.Name)
 		}

@@ -16,6 +16,7 @@ func TestStateRoundTrip(t *testing.T) {
 		{Phase: phaseRequest, Request: bytes.Repeat([]byte{'x'}, maxRequest)},
 		{Phase: phaseStream, Name: "a", Next: 0},
 		{Phase: phaseStream, Name: "s-1.x~_", Next: 1638, Unsent: []byte{1, 2, 3}},
+		{Phase: phaseStream, Name: "due", Next: 32, Due: 1_790_000_000_123_456_789},
 		{Phase: phaseStream, Name: strings.Repeat("n", maxName), Next: 1 << 62, Unsent: bytes.Repeat([]byte{0xff}, 100000)},
 		{Phase: phaseClosing, Unsent: respNotFound},
 		{Phase: phaseClosing},
@@ -30,6 +31,7 @@ func TestStateRoundTrip(t *testing.T) {
 			st.Name = "r" + strings.Repeat("z", r.IntN(maxName))
 			st.Next = r.Int64N(1 << 62)
 			st.Unsent = randBytes(r, r.IntN(5000))
+			st.Due = r.Int64N(1 << 62)
 		case phaseClosing:
 			st.Unsent = randBytes(r, r.IntN(500))
 		}
@@ -63,7 +65,9 @@ func TestStateRejects(t *testing.T) {
 	cases := map[string][]byte{
 		"empty":            nil,
 		"version only":     {stateVersion},
-		"bad version":      {2, byte(phaseStream), 1, 'a', 0, 0},
+		"bad version":      {3, byte(phaseStream), 1, 'a', 0, 0, 0},
+		"due too big":      {stateVersion, byte(phaseStream), 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+		"due missing":      {stateVersion, byte(phaseStream), 1, 'a', 0, 0},
 		"unknown phase":    {stateVersion, 9},
 		"zero phase":       {stateVersion, 0},
 		"empty name":       {stateVersion, byte(phaseStream), 0, 0, 0},
@@ -79,6 +83,30 @@ func TestStateRejects(t *testing.T) {
 			t.Errorf("%s: decodeState(%x) = %+v, %v; want errBadState", name, b, brief(st), err)
 		}
 	}
+}
+
+// TestStateVersion1 decodes a state from a process that predates Due: the
+// next chunk is due at once.
+func TestStateVersion1(t *testing.T) {
+	st, err := decodeState([]byte{1, byte(phaseStream), 1, 'a', 64, 2, 7, 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := connState{Phase: phaseStream, Name: "a", Next: 64, Unsent: []byte{7, 8}}
+	if !sameState(st, want) {
+		t.Fatalf("version 1 state decoded as %+v, want %+v", st, want)
+	}
+}
+
+// reencodes checks that an accepted state encodes back to b, or for a
+// version 1 record, to a state that decodes the same.
+func reencodes(b []byte, st connState) bool {
+	re := appendState(nil, &st)
+	if b[0] == 1 {
+		again, err := decodeState(re)
+		return err == nil && sameState(again, st)
+	}
+	return bytes.Equal(re, b)
 }
 
 // TestStateGarbage feeds random and mutated bytes: decoding must never
@@ -101,8 +129,8 @@ func TestStateGarbage(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		if re := appendState(nil, &st); !bytes.Equal(re, b) {
-			t.Fatalf("decodeState(%x) accepted %+v which re-encodes to %x", b, brief(st), re)
+		if !reencodes(b, st) {
+			t.Fatalf("decodeState(%x) accepted %+v which re-encodes to %x", b, brief(st), appendState(nil, &st))
 		}
 	}
 }
@@ -111,13 +139,14 @@ func FuzzDecodeState(f *testing.F) {
 	f.Add(appendState(nil, &connState{Phase: phaseRequest, Request: []byte("GET /")}))
 	f.Add(appendState(nil, &connState{Phase: phaseStream, Name: "a", Next: 64, Unsent: []byte{1}}))
 	f.Add(appendState(nil, &connState{Phase: phaseClosing, Unsent: respBadRequest}))
+	f.Add([]byte{1, byte(phaseStream), 1, 'a', 64, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st, err := decodeState(b)
 		if err != nil {
 			return
 		}
-		if re := appendState(nil, &st); !bytes.Equal(re, b) {
-			t.Fatalf("accepted %x re-encodes to %x", b, re)
+		if !reencodes(b, st) {
+			t.Fatalf("accepted %x re-encodes to %x", b, appendState(nil, &st))
 		}
 	})
 }
