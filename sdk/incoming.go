@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -205,7 +204,14 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 			}
 			step("end")
 			in.mu.Lock()
-			in.conns = slices.Concat(in.batches...)
+			total := 0
+			for _, b := range in.batches {
+				total += len(b)
+			}
+			in.conns = makePopulated[Imported](0, total)
+			for _, b := range in.batches {
+				in.conns = append(in.conns, b...)
+			}
 			in.batches = nil
 			in.mu.Unlock()
 			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
@@ -305,8 +311,8 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	// One allocation for the batch's connections rather than one each:
 	// in a process that just started, fresh heap pages cost a fault each.
 	// The batch's memory stays until its last connection is dropped.
-	slab := make([]sockConn, len(bi.Entries))
-	conns := make([]Imported, 0, len(bi.Entries))
+	slab := makePopulated[sockConn](len(bi.Entries), len(bi.Entries))
+	conns := makePopulated[Imported](0, len(bi.Entries))
 	var firstErr error
 	for i, e := range bi.Entries {
 		if e.Kind == wire.KindConn {
