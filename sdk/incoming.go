@@ -25,6 +25,7 @@ type incoming struct {
 	conns     []Imported   // every batch's, once End arrived
 	batches   [][]Imported // until then, each batch's own: no regrowing
 	err       error
+	errCode   uint32         // wire code for err
 	bi        wire.BatchInfo // reused for every batch
 
 	releaseGC func() // ends the collector's hold taken at Begin
@@ -154,25 +155,26 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 	c.SetReadDeadline(in.deadline)
 	defer c.SetReadDeadline(time.Time{})
 
-	var got wire.Summary
-	for {
-		m, err := c.Recv()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, p.abortIncoming(in, wire.CodeCancelled, ctx.Err())
+	// Batches are decoded and adopted on a goroutine of their own, so that
+	// receiving the next batch (the kernel installing its descriptors)
+	// overlaps adopting this one when a second core is free: the target
+	// is the last stage of the transfer, and what it does after the last
+	// batch arrives is all pause.
+	var got wire.Summary // the adopter's until it has stopped
+	jobs := make(chan wire.Msg, 8)
+	adopted := make(chan struct{})
+	go func() {
+		defer close(adopted)
+		for m := range jobs {
+			if code, _ := in.failure(); code != 0 {
+				m.CloseFDs()
+				continue
 			}
-			return nil, p.abortIncoming(in, wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
-		}
-		if m.TxID != in.txid {
-			m.CloseFDs()
-			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
-		}
-		switch m.Type {
-		case wire.TypeBatch:
 			bi := &in.bi
 			if err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs)); err != nil {
 				m.CloseFDs()
-				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+				in.fail(wire.CodeMalformed, err)
+				continue
 			}
 			for _, e := range bi.Entries {
 				switch e.Kind {
@@ -186,21 +188,51 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 			}
 			got.Batches++
 			step("batch")
-			// Adopting costs no system call for a connection, so it is
-			// done here: a goroutine per batch cost more in wake-ups.
 			in.adopt(*bi, m.FDs)
-			if in.err != nil {
-				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
+			step("adopted")
+		}
+	}()
+	stopAdopter := func() {
+		if jobs != nil {
+			close(jobs)
+			<-adopted
+			jobs = nil
+		}
+	}
+	defer stopAdopter()
+	abort := func(code uint32, err error) error {
+		stopAdopter()
+		return p.abortIncoming(in, code, err)
+	}
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, abort(wire.CodeCancelled, ctx.Err())
 			}
+			return nil, abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
+		}
+		if m.TxID != in.txid {
+			m.CloseFDs()
+			return nil, abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
+		}
+		switch m.Type {
+		case wire.TypeBatch:
+			if code, err := in.failure(); code != 0 {
+				m.CloseFDs()
+				return nil, abort(code, err)
+			}
+			jobs <- m
 		case wire.TypeEnd:
 			m.CloseFDs()
 			var sum wire.Summary
 			if err := sum.Unmarshal(m.Body); err != nil {
-				return nil, p.abortIncoming(in, wire.CodeMalformed, err)
+				return nil, abort(wire.CodeMalformed, err)
 			}
 			in.ended = true
-			if in.err != nil {
-				return nil, p.abortIncoming(in, wire.CodeImport, in.err)
+			stopAdopter()
+			if code, err := in.failure(); code != 0 {
+				return nil, abort(code, err)
 			}
 			step("end")
 			in.mu.Lock()
@@ -215,7 +247,7 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 			in.batches = nil
 			in.mu.Unlock()
 			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
-				return nil, p.abortIncoming(in, wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
+				return nil, abort(wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
 					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
 			}
 			return in, nil
@@ -223,11 +255,12 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 			m.CloseFDs()
 			var f wire.Failure
 			_ = f.Unmarshal(m.Body)
+			stopAdopter()
 			in.closeAll()
 			return nil, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
 		default:
 			m.CloseFDs()
-			return nil, p.abortIncoming(in, wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+			return nil, abort(wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
 		}
 	}
 }
@@ -288,18 +321,28 @@ func (in *incoming) endGCHold() {
 	}
 }
 
+// fail records the first thing that went wrong while adopting.
+func (in *incoming) fail(code uint32, err error) {
+	in.mu.Lock()
+	if in.errCode == 0 {
+		in.errCode, in.err = code, err
+	}
+	in.mu.Unlock()
+}
+
+// failure is what fail recorded: code 0 if nothing.
+func (in *incoming) failure() (uint32, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.errCode, in.err
+}
+
 // adopt turns one batch's descriptors into net objects. A connection's
 // descriptor is owned by its sockConn from then on; every other descriptor
 // is closed here, whether adopted (net dups it) or not.
 func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	defer wire.CloseAll(fds)
-	fail := func(err error) {
-		in.mu.Lock()
-		if in.err == nil {
-			in.err = err
-		}
-		in.mu.Unlock()
-	}
+	fail := func(err error) { in.fail(wire.CodeImport, err) }
 	if bi.Memfd {
 		all, err := wire.ReadStateMemfd(fds[len(fds)-1], bi.StateSum)
 		if err != nil {
@@ -427,6 +470,7 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	p.mu.Lock()
 	p.in = nil
 	p.mu.Unlock()
+	step("served")
 	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	return conns, nil
 }
