@@ -149,16 +149,23 @@ func (x *exportTx) late(t *Tracked) {
 	}
 }
 
-// Freeze hooks run on worker goroutines that take the connections one at
-// a time from a shared list and put what they froze into the shared
-// batcher; a sender goroutine sends each batch as soon as it is full, so
-// the agent relays batch k while the workers freeze the connections of
-// later batches, and a worker never waits for a send. A hook that has to
-// wait for its connection's goroutine (one caught in the middle of a
-// write, say) holds up only its own worker, hence many workers; a
-// goroutine or a channel message per connection would cost more than a
-// hook that does not wait.
-const freezeWorkers = 32
+// Freeze hooks run on worker goroutines that take the connections a
+// chunk at a time from a shared list and put what they froze into the
+// shared batcher; a sender goroutine sends each batch as soon as it is
+// full, so the agent relays batch k while the workers freeze the
+// connections of later batches, and a worker never waits for a send.
+//
+// One worker does it all as long as its hooks return at once, which
+// leaves the other cores to the sender, the agent and the target: with a
+// worker per core, the agent and the target waited milliseconds for a CPU
+// while the freeze raced ahead of them, and the pause grew. A hook that
+// has to wait (for its connection's goroutine, caught in the middle of a
+// write, say) holds up only its own worker: when no chunk has been taken
+// for freezeStall, another worker starts, up to freezeWorkers.
+const (
+	freezeStall   = 200 * time.Microsecond
+	freezeWorkers = 32
+)
 
 // item is one descriptor on its way into a batch.
 type item struct {
@@ -406,26 +413,39 @@ func (x *exportTx) run() {
 		case <-quit:
 		}
 	}
-	pending := 0
-	for range min(len(conns), freezeWorkers) {
+	pending, workers := 0, 0
+	startWorker := func() {
 		pending++
+		workers++
 		go func() {
+			var fz freezer
 			for {
-				i := int(next.Add(1)) - 1
+				i := int(next.Add(freezeChunk)) - freezeChunk
 				if i >= len(conns) {
 					report(nil)
 					return
 				}
-				if err := x.freezeOne(b, conns[i]); err != nil {
+				if err := x.freezeAll(b, &fz, conns[i:min(i+freezeChunk, len(conns))]); err != nil {
 					report(err)
 					return
 				}
 			}
 		}()
 	}
+	var stallC <-chan time.Time
+	if len(conns) > 0 {
+		startWorker()
+		stall := time.NewTicker(freezeStall)
+		defer stall.Stop()
+		stallC = stall.C
+	}
+	lastNext := int64(-1)
 	freezeLate := func(t *Tracked) {
 		pending++
-		go func() { report(x.freezeOne(b, t)) }()
+		go func() {
+			var fz freezer
+			report(x.freezeAll(b, &fz, []*Tracked{t}))
+		}()
 	}
 	var failed error
 	senderStopped := b.sent
@@ -446,6 +466,16 @@ func (x *exportTx) run() {
 			}
 		case t := <-x.lateCh:
 			freezeLate(t)
+		case <-stallC:
+			// No chunk was claimed since the last look: every worker is
+			// waiting in a hook. Add one, up to freezeWorkers.
+			n := next.Load()
+			if int(n) >= len(conns) {
+				stallC = nil
+			} else if n == lastNext && workers < freezeWorkers {
+				startWorker()
+			}
+			lastNext = n
 		case f := <-x.agentEv:
 			// The agent waits for the source's final word after it asked
 			// for an abort: confirm it (skipped if the agent is gone).
@@ -465,7 +495,8 @@ func (x *exportTx) run() {
 	for drained := false; !drained; {
 		select {
 		case t := <-x.lateCh:
-			if err := x.freezeOne(b, t); err != nil {
+			var fz freezer
+			if err := x.freezeAll(b, &fz, []*Tracked{t}); err != nil {
 				fail(wire.CodeExport, "%v", err)
 				return
 			}
@@ -567,39 +598,73 @@ func (x *exportTx) letGo(sum wire.Summary) {
 
 func (x *exportTx) isDecided() bool { return x.stopped.Load() }
 
-// freezeOne calls t's Freeze hook and queues the frozen connection in b.
-// If the transaction is decided while the hook runs, it undoes the freeze
-// itself, since the decision did not see it.
-func (x *exportTx) freezeOne(b *batcher, t *Tracked) error {
-	if x.isDecided() {
-		return nil
+// freezeChunk is how many connections a freeze worker takes at a time.
+// It freezes them all before it touches what the workers share (the
+// frozen list, the batcher), once per chunk rather than once per
+// connection: with a lock and a counter per connection, two cores spent
+// much of the freeze passing those cache lines back and forth.
+const freezeChunk = 16
+
+// freezer is a worker's own buffers, reused for every chunk.
+type freezer struct {
+	frozen []*Tracked
+	states [][]byte
+	items  []item
+}
+
+// freezeAll calls the Freeze hook of each of ts and queues the frozen
+// connections in b. If the transaction is decided meanwhile, it undoes
+// the freezes itself, since the decision did not see them.
+func (x *exportTx) freezeAll(b *batcher, fz *freezer, ts []*Tracked) error {
+	fz.frozen, fz.states, fz.items = fz.frozen[:0], fz.states[:0], fz.items[:0]
+	var hookErr error
+	for _, t := range ts {
+		if x.isDecided() {
+			break
+		}
+		state, err := t.hooks.Freeze()
+		if errors.Is(err, ErrSkip) {
+			continue
+		}
+		if err != nil {
+			hookErr = fmt.Errorf("freeze connection %v: %w", t.conn.RemoteAddr(), err)
+			break
+		}
+		fz.frozen = append(fz.frozen, t)
+		fz.states = append(fz.states, state)
 	}
-	state, err := t.hooks.Freeze()
-	if errors.Is(err, ErrSkip) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("freeze connection %v: %w", t.conn.RemoteAddr(), err)
+	if len(fz.frozen) == 0 {
+		return hookErr
 	}
 	x.mu.Lock()
 	if x.decided {
 		x.mu.Unlock()
-		t.hooks.Resume()
+		for _, t := range fz.frozen {
+			t.hooks.Resume()
+		}
 		return nil
 	}
-	x.frozen = append(x.frozen, t)
+	x.frozen = append(x.frozen, fz.frozen...)
 	x.mu.Unlock()
-	fd, err := t.fd()
-	if err != nil {
-		return fmt.Errorf("export connection %v: %w", t.conn.RemoteAddr(), err)
+	if hookErr != nil {
+		return hookErr // the abort resumes the ones frozen so far
 	}
-	// The family lets the target adopt the socket without asking the kernel.
-	if b.add(item{entry: wire.Entry{Kind: wire.KindConn, Key: t.family, State: state}, fd: fd}) {
+	for i, t := range fz.frozen {
+		fd, err := t.fd()
+		if err != nil {
+			return fmt.Errorf("export connection %v: %w", t.conn.RemoteAddr(), err)
+		}
+		// The family lets the target adopt the socket without asking the kernel.
+		fz.items = append(fz.items, item{entry: wire.Entry{Kind: wire.KindConn, Key: t.family, State: fz.states[i]}, fd: fd})
+	}
+	clear(fz.states)
+	if b.add(fz.items...) {
 		// The sender was just woken with a full batch: let it run now
 		// rather than after the workers, so that the agent has work
 		// while the freezing goes on.
 		runtime.Gosched()
 	}
+	clear(fz.items)
 	return nil
 }
 

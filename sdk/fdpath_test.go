@@ -175,3 +175,38 @@ func TestMigrateFDPath(t *testing.T) {
 		})
 	}
 }
+
+// TestBlockedFreezeHook migrates an app whose Freeze hook of one
+// connection blocks until most of the other hooks have started: the
+// other connections must be frozen meanwhile, not behind it (the export
+// adds workers when its first one is held up in a hook).
+func TestBlockedFreezeHook(t *testing.T) {
+	const conns = 100
+	ta := startAgent(t)
+	uds := filepath.Join(t.TempDir(), "app.sock")
+	env := []string{"HOLD_FREEZE_ID=1", "HOLD_UNTIL=" + strconv.Itoa(conns*3/4)}
+	a := startApp(t, ta, "app", uds, false, env...)
+	sa := ta.join(t, a.pid)
+	cs := make([]*appConn, conns)
+	for i := range cs {
+		cs[i] = dialApp(t, "tcp", a.tcp, uint64(i+1))
+		if r := cs[i].ping(t); r.PID != uint32(a.pid) {
+			t.Fatalf("conn %d served by %d before the migration", i+1, r.PID)
+		}
+	}
+	b := startApp(t, ta, "app", uds, true, env...)
+	sb := ta.join(t, b.pid)
+	res, err := ta.Migrate(sa.ID, sb.ID, wire.MoveAll, 30*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Phase != nodeagent.PhaseCompleted || res.Connections != conns {
+		t.Fatalf("migration %s with %d connections: %s: %s", res.Phase, res.Connections, res.Reason, res.Message)
+	}
+	b.waitReady(t)
+	for _, c := range cs {
+		if r := c.ping(t); r.PID != uint32(b.pid) || r.Count != 2 || !r.StateOK {
+			t.Fatalf("after the migration conn %d: %+v", c.id, r)
+		}
+	}
+}

@@ -54,6 +54,8 @@ func runChild(role string) int {
 				}
 				return size
 			},
+			HoldFreeze: envUint(os.Getenv("HOLD_FREEZE_ID")),
+			HoldUntil:  int(envUint(os.Getenv("HOLD_UNTIL"))),
 			Ready: func(tcp, unix, udp net.Addr, imported int) {
 				fmt.Printf("READY tcp=%v unix=%v udp=%v imported=%d pid=%d\n", tcp, unix, udp, imported, os.Getpid())
 			},
@@ -72,6 +74,12 @@ func runChild(role string) int {
 	}
 	fmt.Fprintf(os.Stderr, "unknown child role %q\n", role)
 	return 2
+}
+
+// envUint is a decimal environment value, 0 if unset or not a number.
+func envUint(s string) uint64 {
+	v, _ := strconv.ParseUint(s, 10, 64)
+	return v
 }
 
 // runStreamerChild runs the example streaming server, configured from the

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	handoff "github.com/handoff-dev/handoff/sdk"
@@ -29,6 +30,12 @@ type Config struct {
 	UDP          string // e.g. "127.0.0.1:0"; empty: none
 	// StateSize is the size of the state record of connection id.
 	StateSize func(id uint64) int
+	// HoldFreeze, when not 0, is the id of the connection whose Freeze
+	// hook waits until HoldUntil other Freeze hooks have started, and
+	// fails after 10 s: a hook that blocks must not hold up the freezing
+	// of the other connections.
+	HoldFreeze uint64
+	HoldUntil  int
 	// Ready is called with the bound addresses once serving.
 	Ready func(tcp, unix, udp net.Addr, imported int)
 	Logf  func(string, ...any)
@@ -86,6 +93,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	gate := &holdGate{released: make(chan struct{})}
 	p, err := handoff.Join(ctx, handoff.Options{Socket: cfg.Socket, Name: cfg.Name, Standby: cfg.Standby, Logf: logf})
 	if err != nil {
 		return err
@@ -132,7 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			c.ok = len(c.state) == size && string(c.state) == string(Pattern(c.id, size))
 		}
-		start(p, c, &wg, false, cfg)
+		start(p, c, &wg, false, cfg, gate)
 	}
 	for _, ln := range lns {
 		go func() {
@@ -141,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 				if err != nil {
 					return
 				}
-				start(p, &conn{c: nc}, &wg, true, cfg)
+				start(p, &conn{c: nc}, &wg, true, cfg, gate)
 			}
 		}()
 	}
@@ -169,12 +177,25 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-func start(p *handoff.Process, c *conn, wg *sync.WaitGroup, fresh bool, cfg Config) {
+// holdGate counts Freeze hooks for Config.HoldFreeze.
+type holdGate struct {
+	calls    atomic.Int64
+	released chan struct{}
+}
+
+func (g *holdGate) called(until int) {
+	if g.calls.Add(1) == int64(until)+1 {
+		close(g.released)
+	}
+}
+
+func start(p *handoff.Process, c *conn, wg *sync.WaitGroup, fresh bool, cfg Config, gate *holdGate) {
 	c.ctl = make(chan chan []byte)
 	c.resume = make(chan bool)
 	c.done = make(chan struct{})
 	t, err := p.Track(c.c, handoff.Hooks{
 		Freeze: func() ([]byte, error) {
+			gate.called(cfg.HoldUntil)
 			reply := make(chan []byte, 1)
 			select {
 			case c.ctl <- reply:
@@ -182,7 +203,17 @@ func start(p *handoff.Process, c *conn, wg *sync.WaitGroup, fresh bool, cfg Conf
 				return nil, handoff.ErrSkip
 			}
 			c.c.SetReadDeadline(time.Unix(1, 0))
-			return <-reply, nil
+			st := <-reply
+			if cfg.HoldFreeze != 0 && c.id == cfg.HoldFreeze {
+				select {
+				case <-gate.released:
+				case <-time.After(10 * time.Second):
+					c.resume <- true // not frozen after all
+					return nil, fmt.Errorf("freeze of connection %d held 10s: only %d other hooks started, want %d",
+						c.id, gate.calls.Load()-1, cfg.HoldUntil)
+				}
+			}
+			return st, nil
 		},
 		Resume: func() { c.resume <- true },
 		Moved:  func() { c.resume <- false },
