@@ -37,7 +37,10 @@
 // reads and writes on the connection at a point where the connection's
 // state can be written down, and return that state (including bytes read
 // but not processed, and bytes produced but not yet written). It is called
-// from SDK goroutines, for many connections at once. After Freeze the
+// from SDK goroutines: one after another while hooks return at once, and
+// concurrently once one has kept its goroutine waiting (the SDK then adds
+// goroutines, so that the others are not frozen behind it). Freeze should
+// be quick; a hook that waits stretches the pause. After Freeze the
 // application must not touch the connection until Resume (the migration
 // aborted: carry on as if nothing happened) or Moved (the connection now
 // lives in the new process: stop without closing it; the SDK closes this
