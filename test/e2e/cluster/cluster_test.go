@@ -221,13 +221,7 @@ func (s *suite) uninstall(t *testing.T) {
 // under live clients, then back to a third pod.
 func (s *suite) testTwoPods(t *testing.T) {
 	ns := s.namespace(t, "two-pods")
-	port := freePort(t)
-	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
-	s.createPod(t, streamerPod(ns, "streamer-a", s.streamer, podOpts{hostNetwork: true, port: port}))
-	s.waitPodReady(t, ns, "streamer-a")
-	waitServing(t, addr)
-	s.createPod(t, streamerPod(ns, "streamer-b", s.streamer, podOpts{hostNetwork: true, port: port, standby: true}))
-	s.waitPodRunning(t, ns, "streamer-b")
+	port, addr, _ := s.hostPair(t, ns, "streamer-a", "streamer-b", podOpts{})
 
 	lc := s.startClients(t, addr, clientStreams)
 	for i, hop := range [][2]string{{"streamer-a", "streamer-b"}, {"streamer-b", "streamer-c"}} {
@@ -300,18 +294,28 @@ spec:
 	s.stopClients(t, lc)
 }
 
+// hostPair starts a hostNetwork streamer pod, serving on a free port of
+// the node, and a second one in standby on the same port, with targetOpts
+// besides. It returns the port, the address clients use and the standby
+// pod once it runs.
+func (s *suite) hostPair(t *testing.T, ns, source, target string, targetOpts podOpts) (int, string, *corev1.Pod) {
+	t.Helper()
+	port := freePort(t)
+	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
+	s.createPod(t, streamerPod(ns, source, s.streamer, podOpts{hostNetwork: true, port: port}))
+	s.waitPodReady(t, ns, source)
+	waitServing(t, addr)
+	targetOpts.hostNetwork, targetOpts.port, targetOpts.standby = true, port, true
+	s.createPod(t, streamerPod(ns, target, s.streamer, targetOpts))
+	return port, addr, s.waitPodRunning(t, ns, target)
+}
+
 // testTargetKilled kills the target's container while it warms up with
 // every socket received: the migration fails and the source serves every
 // client on, and accepts new ones.
 func (s *suite) testTargetKilled(t *testing.T) {
 	ns := s.namespace(t, "target-killed")
-	port := freePort(t)
-	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
-	s.createPod(t, streamerPod(ns, "source", s.streamer, podOpts{hostNetwork: true, port: port}))
-	s.waitPodReady(t, ns, "source")
-	waitServing(t, addr)
-	s.createPod(t, streamerPod(ns, "target", s.streamer, podOpts{hostNetwork: true, port: port, standby: true, warmup: 10 * time.Minute}))
-	target := s.waitPodRunning(t, ns, "target")
+	_, addr, target := s.hostPair(t, ns, "source", "target", podOpts{warmup: 10 * time.Minute})
 	lc := s.startClients(t, addr, clientStreams)
 
 	s.apply(t, ns, "doomed", fmt.Sprintf(`
