@@ -302,7 +302,10 @@ func (c *conn) writeLoop() end {
 		}
 		c.timer = time.NewTimer(time.Until(c.due))
 	}
-	thawed := false // a freeze of this connection was just called off
+	// dueNow: produce a chunk before parking, because it fell due during
+	// the handoff that brought the connection here, or during a freeze of
+	// it that was called off. Set only while the goroutine is busy.
+	dueNow := c.phase == phaseStream && !time.Now().Before(c.due)
 	for {
 		for len(c.pending) > 0 {
 			n, err := c.nc.Write(c.pending)
@@ -321,15 +324,12 @@ func (c *conn) writeLoop() end {
 		if c.s.stopping.Load() {
 			return endStop
 		}
-		if c.phase == phaseStream && !time.Now().Before(c.due) && (thawed || c.s.frozen.Load() == 0) {
-			// Due already: it fell due during the handoff that brought
-			// the connection here, or during a freeze called off.
-			thawed = false
+		if dueNow {
+			dueNow = false
 			c.produce()
 			c.nextDue()
 			continue
 		}
-		thawed = false
 		c.park()
 		select {
 		case <-c.timer.C:
@@ -356,14 +356,14 @@ func (c *conn) writeLoop() end {
 			if e := c.frozen(req); e != endNone {
 				return e
 			}
-			thawed = true
+			dueNow = c.phase == phaseStream && !time.Now().Before(c.due)
 		case moved := <-c.after:
 			// Only a freeze taken while parked ends here.
 			c.unpark()
 			if moved {
 				return endMoved
 			}
-			thawed = true
+			dueNow = c.phase == phaseStream && !time.Now().Before(c.due)
 		case <-c.s.stop:
 			if c.unpark() {
 				// Frozen: the SDK still owes this connection an outcome.
