@@ -531,38 +531,43 @@ func (s *suite) createPod(t *testing.T, p *corev1.Pod) {
 
 func (s *suite) waitPodReady(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
-	var p corev1.Pod
-	waitFor(t, "pod "+name+" ready", 2*time.Minute, func() (bool, string, error) {
-		if err := s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
-			return false, "", err
-		}
-		c := podCondition(&p, corev1.PodReady)
+	return s.waitPod(t, ns, name, "ready", func(p *corev1.Pod) (bool, error) {
 		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
-			return false, "", fmt.Errorf("pod %s ended %s", name, p.Status.Phase)
+			return false, fmt.Errorf("pod %s ended %s", name, p.Status.Phase)
 		}
-		return c != nil && c.Status == corev1.ConditionTrue, string(p.Status.Phase), nil
+		c := podCondition(p, corev1.PodReady)
+		return c != nil && c.Status == corev1.ConditionTrue, nil
 	})
-	return &p
 }
 
 // waitPodRunning waits until the pod's streamer container runs; a
 // standby streamer is not Ready before it takes over.
 func (s *suite) waitPodRunning(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
+	return s.waitPod(t, ns, name, "running", func(p *corev1.Pod) (bool, error) {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == streamerName && cs.State.Running != nil {
+				if c := podCondition(p, corev1.PodReady); c != nil && c.Status == corev1.ConditionTrue {
+					return false, fmt.Errorf("standby pod %s is Ready before it serves", name)
+				}
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}
+
+// waitPod polls pod ns/name until done says so (or fails), for up to two
+// minutes, reporting its phase while it waits.
+func (s *suite) waitPod(t *testing.T, ns, name, what string, done func(*corev1.Pod) (bool, error)) *corev1.Pod {
+	t.Helper()
 	var p corev1.Pod
-	waitFor(t, "pod "+name+" running", 2*time.Minute, func() (bool, string, error) {
+	waitFor(t, "pod "+name+" "+what, 2*time.Minute, func() (bool, string, error) {
 		if err := s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
 			return false, "", err
 		}
-		for _, cs := range p.Status.ContainerStatuses {
-			if cs.Name == streamerName && cs.State.Running != nil {
-				if c := podCondition(&p, corev1.PodReady); c != nil && c.Status == corev1.ConditionTrue {
-					return false, "", fmt.Errorf("standby pod %s is Ready before it serves", name)
-				}
-				return true, "", nil
-			}
-		}
-		return false, string(p.Status.Phase), nil
+		ok, err := done(&p)
+		return ok, string(p.Status.Phase), err
 	})
 	return &p
 }
