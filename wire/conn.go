@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -73,6 +74,7 @@ func closeRange(first, last int) bool {
 // Send may be called from several goroutines; Recv from one at a time.
 type Conn struct {
 	uc      *net.UnixConn
+	raw     syscall.RawConn // nil: use uc's own calls
 	version uint8
 
 	rmu  sync.Mutex
@@ -92,8 +94,10 @@ var oobSpace = unix.CmsgSpace(MaxFDs*4) + unix.CmsgSpace(64)
 // NewConn wraps a connected "unixpacket" socket. The protocol version
 // starts at MinVersion and is raised by SetVersion after Hello/Welcome.
 func NewConn(uc *net.UnixConn) *Conn {
+	raw, _ := uc.SyscallConn()
 	return &Conn{
 		uc:      uc,
+		raw:     raw,
 		version: MinVersion,
 		rbuf:    make([]byte, MaxMessage+1),
 		oob:     make([]byte, oobSpace),
@@ -178,7 +182,7 @@ func (c *Conn) Send(m Msg) error {
 	if len(m.FDs) > 0 {
 		oob = putRights(&c.woob, m.FDs)
 	}
-	n, oobn, err := c.uc.WriteMsgUnix(b, oob, nil)
+	n, oobn, err := c.writeMsg(b, oob)
 	if err != nil {
 		return fmt.Errorf("send %v: %w", m.Type, err)
 	}
@@ -191,10 +195,16 @@ func (c *Conn) Send(m Msg) error {
 // Recv reads one message. On any error every descriptor that arrived with
 // the datagram has already been closed. io.EOF-like closes are reported as
 // ErrClosed.
-func (c *Conn) Recv() (Msg, error) {
+func (c *Conn) Recv() (Msg, error) { return c.RecvWith(nil) }
+
+// RecvWith is Recv with the body copied into memory from alloc, which
+// returns at least n bytes (nil alloc: a new slice). A receiver of many
+// messages can hand out memory it prepared, instead of fresh memory per
+// message.
+func (c *Conn) RecvWith(alloc func(n int) []byte) (Msg, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	n, oobn, flags, _, err := c.uc.ReadMsgUnix(c.rbuf, c.oob)
+	n, oobn, flags, err := c.readMsg(c.rbuf, c.oob)
 	fds, perr := parseRights(c.oob[:oobn])
 	if err != nil {
 		CloseAll(fds)
@@ -219,7 +229,14 @@ func (c *Conn) Recv() (Msg, error) {
 		CloseAll(fds)
 		return Msg{}, fmt.Errorf("receive: %w", err)
 	}
-	return Msg{Header: h, Body: append([]byte(nil), body...), FDs: fds}, nil
+	var b []byte
+	if alloc != nil {
+		b = alloc(len(body))[:len(body)]
+		copy(b, body)
+	} else {
+		b = append([]byte(nil), body...)
+	}
+	return Msg{Header: h, Body: b, FDs: fds}, nil
 }
 
 // putRights is unix.UnixRights into a buffer kept for the next send.
