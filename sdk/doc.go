@@ -70,6 +70,16 @@
 // while the agent holds sockets stored for its name (the in-place restart
 // case) receives them during Join whether or not it is in standby.
 //
+// Before it joins, a standby process prepares the memory it will need for
+// Options.Expect connections (DefaultExpect unless set; about 300 bytes
+// each, kept by the process) and touches every page of it. A process
+// that has just started owns little memory, so without this nearly all
+// it allocates while adopting thousands of connections is fresh pages,
+// and on a virtual machine the first touch of a fresh page costs about
+// ten microseconds, paid during the pause. Set Expect to the number of
+// connections the old process typically holds; connections beyond it
+// still arrive, in fresh memory.
+//
 // # The pause and the garbage collector
 //
 // While connections are frozen (on the source from Prepare until the

@@ -59,6 +59,14 @@ type Options struct {
 	// StandbyTimeout bounds the wait in standby. Default:
 	// DefaultStandbyTimeout.
 	StandbyTimeout time.Duration
+	// Expect is how many connections a standby process expects to
+	// receive. Join prepares memory for them before it joins the agent,
+	// about 300 bytes each, which the process keeps: adopting them during
+	// the pause then touches no fresh pages, which on a virtual machine
+	// cost about ten microseconds each on first touch. More connections
+	// than expected still arrive; the rest cost fresh pages. Only used with
+	// Standby. Default: DefaultExpect; negative: prepare nothing.
+	Expect int
 	// AcceptGrace bounds how long a migration waits for connections that
 	// were accepted but not yet tracked. Default: DefaultAcceptGrace.
 	AcceptGrace time.Duration
@@ -81,6 +89,9 @@ func (o *Options) defaults() {
 	}
 	if o.StandbyTimeout <= 0 {
 		o.StandbyTimeout = DefaultStandbyTimeout
+	}
+	if o.Expect == 0 {
+		o.Expect = DefaultExpect
 	}
 	if o.AcceptGrace <= 0 {
 		o.AcceptGrace = DefaultAcceptGrace
@@ -111,6 +122,7 @@ type Process struct {
 	controlRun bool
 
 	in        *incoming // the incoming handoff until Ready finishes it
+	res       *reserve  // memory prepared in standby for the incoming handoff
 	inherited bool      // this process received a handoff
 	done      chan struct{}
 }
@@ -133,6 +145,11 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 		done:      make(chan struct{}),
 	}
 	p.cond = sync.NewCond(&p.mu)
+	if opts.Standby {
+		// Before the agent knows of this process: a migration to it can
+		// start as soon as it has joined.
+		p.res = newReserve(opts.Expect)
+	}
 	c, err := wire.Dial(opts.Socket)
 	if err != nil {
 		if opts.Standby {

@@ -22,13 +22,14 @@ type incoming struct {
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	packets   map[string]net.PacketConn
-	conns     []Imported   // every batch's, once End arrived
-	batches   [][]Imported // until then, each batch's own: no regrowing
+	conns     []Imported // appended to by the adopter until End
 	err       error
 	errCode   uint32         // wire code for err
 	bi        wire.BatchInfo // reused for every batch
 
 	releaseGC func() // ends the collector's hold taken at Begin
+
+	res *reserve // memory prepared in standby, or nil
 
 	gates   []*sockGate
 	onAbort []func()
@@ -82,19 +83,17 @@ func (in *incoming) closeAll() {
 		delete(in.packets, k)
 	}
 	var fds []int
-	for _, b := range append(in.batches, in.conns) {
-		for _, ic := range b {
-			if sc, ok := ic.Conn.(*sockConn); ok {
-				if fd, ok := sc.release(); ok {
-					fds = append(fds, fd)
-					continue
-				}
+	for _, ic := range in.conns {
+		if sc, ok := ic.Conn.(*sockConn); ok {
+			if fd, ok := sc.release(); ok {
+				fds = append(fds, fd)
+				continue
 			}
-			ic.Conn.Close()
 		}
+		ic.Conn.Close()
 	}
 	wire.CloseAll(fds) // in arrival order: mostly consecutive numbers
-	in.conns, in.batches = nil, nil
+	in.conns = nil
 	for _, f := range in.onAbort {
 		f()
 	}
@@ -134,6 +133,10 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 		return nil, fmt.Errorf("%w: expected begin with one descriptor, got %v with %d", ErrAborted, m.Type, len(m.FDs))
 	}
 	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{}}
+	// The reserve serves one handoff: a later one (after an abort) gets
+	// fresh memory.
+	in.res, p.res = p.res, nil
+	in.conns = in.res.importedSlice()
 	if err := in.begin.Unmarshal(m.Body); err != nil {
 		m.CloseFDs()
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
@@ -204,8 +207,12 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 		stopAdopter()
 		return p.abortIncoming(in, code, err)
 	}
+	var bodyAlloc func(int) []byte
+	if in.res != nil {
+		bodyAlloc = in.res.body
+	}
 	for {
-		m, err := c.Recv()
+		m, err := c.RecvWith(bodyAlloc)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, abort(wire.CodeCancelled, ctx.Err())
@@ -235,17 +242,6 @@ func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retEr
 				return nil, abort(code, err)
 			}
 			step("end")
-			in.mu.Lock()
-			total := 0
-			for _, b := range in.batches {
-				total += len(b)
-			}
-			in.conns = makePopulated[Imported](0, total)
-			for _, b := range in.batches {
-				in.conns = append(in.conns, b...)
-			}
-			in.batches = nil
-			in.mu.Unlock()
 			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
 				return nil, abort(wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
 					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
@@ -354,8 +350,11 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	// One allocation for the batch's connections rather than one each:
 	// in a process that just started, fresh heap pages cost a fault each.
 	// The batch's memory stays until its last connection is dropped.
-	slab := makePopulated[sockConn](len(bi.Entries), len(bi.Entries))
-	conns := makePopulated[Imported](0, len(bi.Entries))
+	slab := in.res.takeSlab(len(bi.Entries))
+	// Only this goroutine appends to in.conns until End.
+	in.mu.Lock()
+	conns := growImported(in.conns, len(bi.Entries))
+	in.mu.Unlock()
 	var firstErr error
 	for i, e := range bi.Entries {
 		if e.Kind == wire.KindConn {
@@ -390,7 +389,7 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 		}
 	}
 	in.mu.Lock()
-	in.batches = append(in.batches, conns)
+	in.conns = conns
 	in.mu.Unlock()
 	if firstErr != nil {
 		fail(firstErr)
@@ -473,4 +472,16 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	step("served")
 	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	return conns, nil
+}
+
+// growImported makes room for n more elements in s, with populated memory
+// (see makePopulated) when it has to move: without a reserve, the slice
+// of adopted connections grows batch by batch.
+func growImported(s []Imported, n int) []Imported {
+	if len(s)+n <= cap(s) {
+		return s
+	}
+	g := makePopulated[Imported](len(s), max(2*cap(s), len(s)+n, 256))
+	copy(g, s)
+	return g
 }

@@ -61,6 +61,7 @@ func main() {
 		tick    = flag.Duration("tick", 250*time.Millisecond, "streamer pacing interval")
 		newRate = flag.Float64("new-rate", 50, "new short connections per second during the run")
 		verbose = flag.Bool("v", false, "show the processes' logs")
+		expDef  = flag.Bool("expect-default", false, "start the standby streamers without --expect N, so that they prepare memory for the SDK's default number of connections rather than for N")
 	)
 	flag.Parse()
 	soft, hard, err := fdlimit.Raise()
@@ -83,7 +84,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: N=%d needs %d descriptors in one process; the limit is %d\n", n, 2*n+64, soft)
 			os.Exit(2)
 		}
-		r, err := benchN(ctx, *bin, n, *reps, *rate, *tick, *newRate, *verbose)
+		r, err := benchN(ctx, *bin, n, *reps, *rate, *tick, *newRate, *verbose, *expDef)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench N=%d FAILED: %v\n", n, err)
 			failed = true
@@ -101,7 +102,7 @@ func logf(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
-func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Duration, newRate float64, verbose bool) (migRow, error) {
+func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Duration, newRate float64, verbose, expectDefault bool) (migRow, error) {
 	r := migRow{n: n}
 	logf("N=%d: measuring the SCM_RIGHTS floor (%d runs each of one and two hops)", n, reps)
 	fl, err := measureFloor(n, reps)
@@ -153,7 +154,13 @@ func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Durati
 		if err := client.WaitAdvanced(ctx, client.Mark(), int64(rate)*int64(tick)/int64(time.Second)); err != nil {
 			return r, err
 		}
-		next, err := env.StartStreamer(harness.Streamer{Label: fmt.Sprintf("streamer-%d", i+1), Addr: "127.0.0.1:0", Rate: rate, Tick: tick, Standby: true})
+		// The standby streamer prepares memory for the connections it
+		// will receive, as a server sized for its load would.
+		expect := n
+		if expectDefault {
+			expect = 0
+		}
+		next, err := env.StartStreamer(harness.Streamer{Label: fmt.Sprintf("streamer-%d", i+1), Addr: "127.0.0.1:0", Rate: rate, Tick: tick, Standby: true, Expect: expect})
 		if err != nil {
 			return r, err
 		}

@@ -167,6 +167,7 @@ type Streamer struct {
 	Rate    int
 	Tick    time.Duration
 	Standby bool
+	Expect  int // with Standby: --expect, the connections to prepare for (0: the streamer's default)
 }
 
 // StartStreamer runs the example streamer. A standby streamer returns at
@@ -181,6 +182,9 @@ func (e *Env) StartStreamer(s Streamer) (*Proc, error) {
 	}
 	if s.Standby {
 		args = append(args, "--standby", "--standby-timeout", "2m")
+		if s.Expect != 0 {
+			args = append(args, "--expect", fmt.Sprint(s.Expect))
+		}
 	}
 	p, err := e.Start(s.Label, "streamer", args...)
 	if err != nil {

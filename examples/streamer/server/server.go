@@ -67,6 +67,7 @@ type Config struct {
 	Socket         string                           // handoff agent socket; "" lets the SDK choose
 	Standby        bool                             // wait for a handoff from another process before serving
 	StandbyTimeout time.Duration                    // how long to wait in standby; 0 means the SDK default
+	Expect         int                              // connections a standby process prepares memory for; 0 means the SDK default
 	Warmup         time.Duration                    // time spent between Listen and Ready, as a server loading caches would
 	Logf           func(format string, args ...any) // log sink; nil discards
 	OnReady        func(Info)                       // called once listening, before the first Accept
@@ -120,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	p, err := handoff.Join(ctx, handoff.Options{
 		Socket: cfg.Socket, Name: cfg.SessionName, Standby: cfg.Standby,
-		StandbyTimeout: cfg.StandbyTimeout, Logf: cfg.Logf,
+		StandbyTimeout: cfg.StandbyTimeout, Expect: cfg.Expect, Logf: cfg.Logf,
 	})
 	if err != nil {
 		return fmt.Errorf("streamer: join handoff session %q: %w", cfg.SessionName, err)
