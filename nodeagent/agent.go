@@ -93,6 +93,7 @@ type Agent struct {
 	nextTx   uint64
 	closed   bool
 	joined   *sync.Cond // broadcast when a session joins
+	bodies   bodies     // relayed batch bodies, recycled
 	wg       sync.WaitGroup
 }
 
@@ -443,7 +444,7 @@ func recvErrorCode(err error) uint32 {
 // a transaction to it.
 func (a *Agent) readSession(s *session, log logr.Logger) {
 	for {
-		m, err := s.conn.Recv()
+		m, err := s.conn.RecvWith(a.bodies.get)
 		s.mu.Lock()
 		tx := s.tx
 		s.mu.Unlock()

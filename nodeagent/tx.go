@@ -321,6 +321,7 @@ func (t *txn) relay(src, dst *session, what uint32, timeout time.Duration, progr
 					}
 					t.a.m.fdsMoved.Add(float64(len(m.FDs)))
 					m.CloseFDs()
+					t.a.bodies.put(m.Body) // sent: the kernel has its copy
 					t.fault("relayed-batch")
 					if rc.sum.Batches%8 == 0 {
 						progress("Transferring", fmt.Sprintf("%d batches relayed", rc.sum.Batches))
