@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -175,8 +174,9 @@ type item struct {
 
 // batcher packs items into Batch messages of at most MaxFDs descriptors,
 // moving the states into a memfd when they do not fit in the body. The
-// freeze workers add to it; its sender goroutine (send) sends full
-// batches in order.
+// freeze workers add to it and send each batch they seal themselves
+// (drain); its sender goroutine (send) sends what close seals, and
+// whatever a worker left.
 type batcher struct {
 	x *exportTx
 
@@ -188,7 +188,12 @@ type batcher struct {
 	sum    wire.Summary
 	kick   chan struct{} // cap 1: there is something for the sender
 	sent   chan struct{} // closed when the sender stopped
-	err    error         // the sender's failure, read after sent
+	err    error         // the first failure to send, under drainMu; read after sent
+
+	// drainMu is held while sealed batches are taken and sent, by the
+	// sender goroutine or a freeze worker, so that they go out in order.
+	drainMu sync.Mutex
+	seq     uint32 // the next batch's sequence number, under drainMu
 
 	// sendMu is held by the sender around each send, so that undo can
 	// wait for a send in progress before it tells the agent Abort.
@@ -273,28 +278,42 @@ func (b *batcher) close() wire.Summary {
 // is decided, it sends nothing more.
 func (b *batcher) send() {
 	defer close(b.sent)
-	var seq uint32
+	for {
+		closed, err := b.drain()
+		if err != nil || closed {
+			return
+		}
+		<-b.kick
+	}
+}
+
+// drain sends every sealed batch, in order, until none is left; it
+// reports whether the batcher is closed and everything sent. After a
+// failure (kept in b.err) it sends nothing more.
+func (b *batcher) drain() (closed bool, err error) {
+	b.drainMu.Lock()
+	defer b.drainMu.Unlock()
+	if b.err != nil {
+		return false, b.err
+	}
 	for {
 		b.mu.Lock()
 		batches, closed := b.full, b.closed
 		b.full = nil
 		b.mu.Unlock()
+		if len(batches) == 0 {
+			return closed, nil
+		}
 		for _, its := range batches {
-			if err := b.sendOne(seq, its); err != nil {
+			if err := b.sendOne(b.seq, its); err != nil {
 				b.err = err
-				return
+				return false, err
 			}
-			seq++
+			b.seq++
 			clear(its) // the states, for the collector
 			b.mu.Lock()
 			b.spare = append(b.spare, its[:0])
 			b.mu.Unlock()
-		}
-		if closed && len(batches) == 0 {
-			return
-		}
-		if !closed {
-			<-b.kick
 		}
 	}
 }
@@ -659,10 +678,17 @@ func (x *exportTx) freezeAll(b *batcher, fz *freezer, ts []*Tracked) error {
 	}
 	clear(fz.states)
 	if b.add(fz.items...) {
-		// The sender was just woken with a full batch: let it run now
-		// rather than after the workers, so that the agent has work
-		// while the freezing goes on.
-		runtime.Gosched()
+		// Send the batch just sealed from here, before freezing more,
+		// rather than leave it to the sender goroutine. The freezing and
+		// the sending then share one core, and the other is left to the
+		// agent and the target: with both of the source's goroutines
+		// running, their threads waited milliseconds for a CPU.
+		if _, err := b.drain(); err != nil {
+			select {
+			case b.kick <- struct{}{}: // the sender stops on the same error
+			default:
+			}
+		}
 	}
 	clear(fz.items)
 	return nil
