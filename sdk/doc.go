@@ -92,5 +92,6 @@
 // (GOMEMLIMIT, debug.SetMemoryLimit) still applies throughout.
 //
 // The wire protocol is specified in docs/protocol.md; this package depends
-// only on the standard library, golang.org/x/sys and the wire package.
+// only on the standard library, golang.org/x/sys and two packages of this
+// module, wire and internal/gchold.
 package handoff

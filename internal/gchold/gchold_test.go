@@ -1,4 +1,4 @@
-package handoff
+package gchold
 
 import (
 	"runtime/debug"
@@ -13,12 +13,12 @@ func gcPercent() int {
 	return p
 }
 
-func TestHoldGCNestsAndRestores(t *testing.T) {
+func TestHoldNestsAndRestores(t *testing.T) {
 	orig := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(orig)
 
-	r1 := holdGC(time.Hour)
-	r2 := holdGC(time.Hour)
+	r1 := Hold(time.Hour)
+	r2 := Hold(time.Hour)
 	if p := gcPercent(); p != -1 {
 		t.Fatalf("GC percent while held = %d, want -1", p)
 	}
@@ -33,11 +33,11 @@ func TestHoldGCNestsAndRestores(t *testing.T) {
 	}
 }
 
-func TestHoldGCEndsByItself(t *testing.T) {
+func TestHoldEndsByItself(t *testing.T) {
 	orig := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(orig)
 
-	release := holdGC(time.Millisecond)
+	release := Hold(time.Millisecond)
 	defer release()
 	deadline := time.Now().Add(10 * time.Second)
 	for gcPercent() != 150 {
