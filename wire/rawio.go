@@ -26,20 +26,25 @@ import (
 // keeps the P: nothing else in the process is more urgent than the
 // transfer, and the call never waits.
 
-// rawRecvmsg is recvmsg(fd, p, oob, flags|MSG_DONTWAIT) as a raw system call.
-func rawRecvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
-	var iov unix.Iovec
+// setMsghdr points msg at p (through iov) and at oob.
+func setMsghdr(msg *unix.Msghdr, iov *unix.Iovec, p, oob []byte) {
 	if len(p) > 0 {
 		iov.Base = &p[0]
 		iov.SetLen(len(p))
 	}
-	var msg unix.Msghdr
-	msg.Iov = &iov
+	msg.Iov = iov
 	msg.Iovlen = 1
 	if len(oob) > 0 {
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
 	}
+}
+
+// rawRecvmsg is recvmsg(fd, p, oob, flags|MSG_DONTWAIT) as a raw system call.
+func rawRecvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err error) {
+	var iov unix.Iovec
+	var msg unix.Msghdr
+	setMsghdr(&msg, &iov, p, oob)
 	r, _, e := syscall.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags|unix.MSG_DONTWAIT))
 	if e != 0 {
 		return 0, 0, 0, e
@@ -51,17 +56,8 @@ func rawRecvmsg(fd int, p, oob []byte, flags int) (n, oobn, rflags int, err erro
 // system call.
 func rawSendmsg(fd int, p, oob []byte) (int, error) {
 	var iov unix.Iovec
-	if len(p) > 0 {
-		iov.Base = &p[0]
-		iov.SetLen(len(p))
-	}
 	var msg unix.Msghdr
-	msg.Iov = &iov
-	msg.Iovlen = 1
-	if len(oob) > 0 {
-		msg.Control = &oob[0]
-		msg.SetControllen(len(oob))
-	}
+	setMsghdr(&msg, &iov, p, oob)
 	r, _, e := syscall.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL))
 	if e != 0 {
 		return 0, e
