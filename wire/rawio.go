@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"errors"
 	"net"
 	"os"
 	"syscall"
@@ -73,8 +72,12 @@ func (c *Conn) readMsg(p, oob []byte) (n, oobn, flags int, err error) {
 	}
 	var serr error
 	rerr := c.raw.Read(func(fd uintptr) bool {
-		n, oobn, flags, serr = rawRecvmsg(int(fd), p, oob, unix.MSG_CMSG_CLOEXEC)
-		return !errors.Is(serr, unix.EAGAIN)
+		for { // a signal can interrupt even a call that does not wait
+			n, oobn, flags, serr = rawRecvmsg(int(fd), p, oob, unix.MSG_CMSG_CLOEXEC)
+			if serr != unix.EINTR {
+				return serr != unix.EAGAIN
+			}
+		}
 	})
 	if rerr != nil {
 		return 0, 0, 0, c.opError("read", rerr)
@@ -92,8 +95,12 @@ func (c *Conn) writeMsg(p, oob []byte) (n, oobn int, err error) {
 	}
 	var serr error
 	werr := c.raw.Write(func(fd uintptr) bool {
-		n, serr = rawSendmsg(int(fd), p, oob)
-		return !errors.Is(serr, unix.EAGAIN)
+		for {
+			n, serr = rawSendmsg(int(fd), p, oob)
+			if serr != unix.EINTR {
+				return serr != unix.EAGAIN
+			}
+		}
 	})
 	if werr != nil {
 		return 0, 0, c.opError("write", werr)
