@@ -385,8 +385,8 @@ func (x *exportTx) run() {
 	p.mu.Lock()
 	if x.prep.What&wire.MoveConns != 0 {
 		p.waitAccepted()
-		conns = make([]*Tracked, 0, len(p.tracked))
-		for t := range p.tracked {
+		conns = make([]*Tracked, 0, p.tracked.n)
+		for t := p.tracked.head; t != nil; t = t.next {
 			conns = append(conns, t)
 		}
 		x.mu.Lock()
@@ -731,7 +731,7 @@ func (x *exportTx) moved(frozen []*Tracked, sum wire.Summary) {
 	p.moved = true
 	p.export = nil
 	for _, t := range frozen {
-		delete(p.tracked, t)
+		p.tracked.remove(t)
 	}
 	p.mu.Unlock()
 	// The decision is made: say so before the slower work of closing.

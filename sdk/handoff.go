@@ -112,7 +112,7 @@ type Process struct {
 	cond       *sync.Cond
 	listeners  map[*listener]struct{}
 	packets    map[*packetConn]struct{}
-	tracked    map[*Tracked]struct{}
+	tracked    trackList
 	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
 	export     *exportTx              // the outgoing migration in progress
 	moved      bool
@@ -140,7 +140,6 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 		opts:      opts,
 		listeners: map[*listener]struct{}{},
 		packets:   map[*packetConn]struct{}{},
-		tracked:   map[*Tracked]struct{}{},
 		accepted:  map[net.Conn]time.Time{},
 		done:      make(chan struct{}),
 	}
