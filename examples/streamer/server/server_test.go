@@ -405,7 +405,25 @@ func TestMoveIdle(t *testing.T) {
 	v := stream.NewVerifier("idle-mv", 0)
 	verify(t, r, v, 200)
 	parked(t, tr.c)
-	st := freezeState(t, tr)
+	// The state goes into memory the goroutine prepared as it parked, so
+	// that a freeze of thousands of connections allocates nothing.
+	tr.c.mu.Lock()
+	prepared := tr.c.stateBuf
+	tr.c.mu.Unlock()
+	if cap(prepared) == 0 {
+		t.Fatal("the parked connection has no state buffer ready")
+	}
+	b, err := tr.h.Freeze()
+	if err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	if &b[:1][0] != &prepared[:1][0] {
+		t.Fatal("Freeze allocated its state instead of using the prepared buffer")
+	}
+	st, err := decodeState(b)
+	if err != nil {
+		t.Fatalf("Freeze returned an undecodable state: %v", err)
+	}
 	if tr.c.freezing.Load() {
 		t.Fatal("a parked connection was frozen by interrupting it")
 	}
