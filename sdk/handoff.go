@@ -63,8 +63,9 @@ type Options struct {
 	// receive. Join prepares memory for them before it joins the agent,
 	// about 300 bytes each, which the process keeps: adopting them during
 	// the pause then touches no fresh pages, which on a virtual machine
-	// cost about ten microseconds each on first touch. More connections
-	// than expected still arrive; the rest cost fresh pages. Only used with
+	// cost about ten microseconds each on first touch. The memory has
+	// room for an eighth more, and 64; connections beyond that still
+	// arrive, in fresh memory. Only used with
 	// Standby. Default: DefaultExpect; negative: prepare nothing.
 	Expect int
 	// AcceptGrace bounds how long a migration waits for connections that
@@ -147,7 +148,7 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	if opts.Standby {
 		// Before the agent knows of this process: a migration to it can
 		// start as soon as it has joined.
-		p.res = newReserve(opts.Expect)
+		p.res = newReserve(withSlack(opts.Expect))
 	}
 	c, err := wire.Dial(opts.Socket)
 	if err != nil {

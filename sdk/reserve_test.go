@@ -101,3 +101,18 @@ func TestAdoptBeyondReserve(t *testing.T) {
 		ic.Conn.Close()
 	}
 }
+
+// A reserve has room beyond what was expected, for connections accepted
+// since: a handoff of a few more must not move everything to fresh memory.
+func TestReserveSlack(t *testing.T) {
+	for _, tc := range []struct{ expect, want int }{{-1, -1}, {0, 0}, {1, 65}, {1024, 1216}, {5000, 5689}} {
+		if got := withSlack(tc.expect); got != tc.want {
+			t.Errorf("withSlack(%d) = %d, want %d", tc.expect, got, tc.want)
+		}
+	}
+	r := newReserve(withSlack(5000))
+	conns := r.importedSlice()
+	if got := growImported(conns, 5064); &got[:1][0] != &conns[:1][0] {
+		t.Error("5064 connections did not fit a reserve for 5000")
+	}
+}
