@@ -266,23 +266,47 @@ func parseRights(oob []byte) ([]int, error) {
 	if len(oob) == 0 {
 		return nil, nil
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("receive: control data: %w: %w", ErrMalformed, err)
-	}
-	var fds []int
+	// One pass counts the descriptors, the next fills a slice of exactly
+	// that size: a receiver of thousands allocates once per message, which
+	// matters while the collector is held off and every allocation is
+	// fresh memory.
+	n := 0
 	var bad error
-	for i := range msgs {
-		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
-			bad = fmt.Errorf("receive: %w: unexpected control message level %d type %d", ErrMalformed, msgs[i].Header.Level, msgs[i].Header.Type)
-			continue
-		}
-		got, err := unix.ParseUnixRights(&msgs[i])
+	for rest := oob; len(rest) > 0; {
+		h, data, r, err := unix.ParseOneSocketControlMessage(rest)
 		if err != nil {
-			bad = fmt.Errorf("receive: rights: %w: %w", ErrMalformed, err)
+			if bad == nil {
+				bad = fmt.Errorf("receive: control data: %w: %w", ErrMalformed, err)
+			}
+			break
+		}
+		rest = r
+		if h.Level != unix.SOL_SOCKET || h.Type != unix.SCM_RIGHTS {
+			bad = fmt.Errorf("receive: %w: unexpected control message level %d type %d", ErrMalformed, h.Level, h.Type)
 			continue
 		}
-		fds = append(fds, got...)
+		if len(data)%4 != 0 {
+			bad = fmt.Errorf("receive: rights: %w: %d bytes of descriptors", ErrMalformed, len(data))
+			continue
+		}
+		n += len(data) / 4
+	}
+	if n == 0 {
+		return nil, bad
+	}
+	fds := make([]int, 0, n)
+	for rest := oob; len(rest) > 0; {
+		h, data, r, err := unix.ParseOneSocketControlMessage(rest)
+		if err != nil {
+			break
+		}
+		rest = r
+		if h.Level != unix.SOL_SOCKET || h.Type != unix.SCM_RIGHTS || len(data)%4 != 0 {
+			continue
+		}
+		for i := 0; i < len(data); i += 4 {
+			fds = append(fds, int(int32(binary.NativeEndian.Uint32(data[i:]))))
+		}
 	}
 	return fds, bad
 }
