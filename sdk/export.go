@@ -385,10 +385,7 @@ func (x *exportTx) run() {
 	p.mu.Lock()
 	if x.prep.What&wire.MoveConns != 0 {
 		p.waitAccepted()
-		conns = make([]*Tracked, 0, p.tracked.n)
-		for t := p.tracked.head; t != nil; t = t.next {
-			conns = append(conns, t)
-		}
+		conns = p.tracked.appendTo(make([]*Tracked, 0, p.tracked.n))
 		x.mu.Lock()
 		x.collect = true
 		x.frozen = make([]*Tracked, 0, len(conns))

@@ -32,49 +32,60 @@ type Tracked struct {
 	sc     *sockConn
 	hooks  Hooks
 
-	// prev and next link it into its process's list of tracked
-	// connections, under p.mu; listed says it is on the list.
-	prev, next *Tracked
-	listed     bool
+	// pos is its place in its process's trackList, under p.mu; -1 when
+	// it is not on it.
+	pos int
 }
 
 // trackList is a process's tracked connections, oldest first. A migration
 // freezes them in this order, which is mostly the order their objects
 // were allocated in: walking thousands of connections in address order
 // rather than a map's random order keeps the freeze in the caches: at
-// 5000 connections the pause's median went from 16.5 to 13.6 ms.
+// 5000 connections the pause's median went from 16.5 to 13.6 ms. A slice
+// rather than a linked list, so that the migration's copy of it is one
+// sequential read instead of a pointer chase through every connection.
 type trackList struct {
-	head, tail *Tracked
-	n          int
+	ts []*Tracked // nil where a connection was untracked
+	n  int        // how many of ts are not nil
 }
 
 func (l *trackList) push(t *Tracked) {
-	t.prev, t.next, t.listed = l.tail, nil, true
-	if l.tail != nil {
-		l.tail.next = t
-	} else {
-		l.head = t
-	}
-	l.tail = t
+	t.pos = len(l.ts)
+	l.ts = append(l.ts, t)
 	l.n++
 }
 
 func (l *trackList) remove(t *Tracked) {
-	if !t.listed {
+	if t.pos < 0 || t.pos >= len(l.ts) || l.ts[t.pos] != t {
 		return
 	}
-	if t.prev != nil {
-		t.prev.next = t.next
-	} else {
-		l.head = t.next
-	}
-	if t.next != nil {
-		t.next.prev = t.prev
-	} else {
-		l.tail = t.prev
-	}
-	t.prev, t.next, t.listed = nil, nil, false
+	l.ts[t.pos] = nil
+	t.pos = -1
 	l.n--
+	if len(l.ts) >= 64 && l.n < len(l.ts)/2 {
+		// Close the gaps once they are half the slice, keeping the order:
+		// each removal pays for about one move.
+		j := 0
+		for _, x := range l.ts {
+			if x != nil {
+				x.pos = j
+				l.ts[j] = x
+				j++
+			}
+		}
+		clear(l.ts[j:])
+		l.ts = l.ts[:j]
+	}
+}
+
+// appendTo appends the tracked connections to dst, oldest first.
+func (l *trackList) appendTo(dst []*Tracked) []*Tracked {
+	for _, t := range l.ts {
+		if t != nil {
+			dst = append(dst, t)
+		}
+	}
+	return dst
 }
 
 // fd returns the connection's descriptor for a batch.
