@@ -25,11 +25,12 @@ import (
 const floorRoleEnv = "HANDOFF_BENCH_FLOOR_ROLE"
 
 type floorResult struct {
-	oneHop, twoHop time.Duration
+	oneHop, twoHop time.Duration // medians
+	ones, twos     []time.Duration
 }
 
 // measureFloor runs reps one-hop and two-hop transfers of n sockets and
-// returns the medians.
+// returns the medians, and every run.
 func measureFloor(n, reps int) (floorResult, error) {
 	var one, two []time.Duration
 	for range reps {
@@ -44,7 +45,7 @@ func measureFloor(n, reps int) (floorResult, error) {
 		}
 		two = append(two, d)
 	}
-	return floorResult{median(one), median(two)}, nil
+	return floorResult{median(one), median(two), one, two}, nil
 }
 
 func median(d []time.Duration) time.Duration {

@@ -56,7 +56,8 @@ func main() {
 	var (
 		bin     = flag.String("bin", filepath.Dir(exe), "directory with the nodeagent and streamer binaries")
 		ns      = flag.String("n", "1000,5000", "comma-separated connection counts")
-		reps    = flag.Int("reps", 3, "migrations (and floor runs) per N; medians are reported")
+		reps    = flag.Int("reps", 5, "migrations per N; medians are reported")
+		fReps   = flag.Int("floor-reps", 9, "runs of each floor (one hop, two hops; idle and under load) per N; medians are reported")
 		rate    = flag.Int("rate", 1024, "stream bytes per second per connection")
 		tick    = flag.Duration("tick", 250*time.Millisecond, "streamer pacing interval")
 		newRate = flag.Float64("new-rate", 50, "new short connections per second during the run")
@@ -84,7 +85,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: N=%d needs %d descriptors in one process; the limit is %d\n", n, 2*n+64, soft)
 			os.Exit(2)
 		}
-		r, err := benchN(ctx, *bin, n, *reps, *rate, *tick, *newRate, *verbose, *expDef)
+		r, err := benchN(ctx, *bin, n, *reps, *fReps, *rate, *tick, *newRate, *verbose, *expDef)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench N=%d FAILED: %v\n", n, err)
 			failed = true
@@ -102,10 +103,10 @@ func logf(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
-func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Duration, newRate float64, verbose, expectDefault bool) (migRow, error) {
+func benchN(ctx context.Context, bin string, n, reps, floorReps, rate int, tick time.Duration, newRate float64, verbose, expectDefault bool) (migRow, error) {
 	r := migRow{n: n}
-	logf("N=%d: measuring the SCM_RIGHTS floor (%d runs each of one and two hops)", n, reps)
-	fl, err := measureFloor(n, reps)
+	logf("N=%d: measuring the SCM_RIGHTS floor (%d runs each of one and two hops)", n, floorReps)
+	fl, err := measureFloor(n, floorReps)
 	if err != nil {
 		return r, fmt.Errorf("floor: %w", err)
 	}
@@ -146,7 +147,7 @@ func benchN(ctx context.Context, bin string, n, reps, rate int, tick time.Durati
 	if err := client.WaitAdvanced(ctx, client.Mark(), 1); err != nil {
 		return r, err
 	}
-	if r.loadedFloor, err = measureFloor(n, reps); err != nil {
+	if r.loadedFloor, err = measureFloor(n, floorReps); err != nil {
 		return r, fmt.Errorf("floor under load: %w", err)
 	}
 	logf("N=%d: floor under the streams' load: one hop %v, two hops %v", n, r.loadedFloor.oneHop, r.loadedFloor.twoHop)
@@ -332,6 +333,10 @@ func report(rows []migRow) {
 	for _, r := range rows {
 		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
 		fmt.Printf("N=%d all resumed: %v\n", r.n, sorted(r.resumes))
+		// The floor moves from run to run on a shared machine, and the
+		// ratio with it: every run is shown, not only the median.
+		fmt.Printf("N=%d all floors, 2 hops: %v\n", r.n, sorted(r.floor.twos))
+		fmt.Printf("N=%d all floors, 2 hops, under load: %v\n", r.n, sorted(r.loadedFloor.twos))
 	}
 }
 
