@@ -40,7 +40,12 @@
 // from SDK goroutines: one after another while hooks return at once, and
 // concurrently once one has kept its goroutine waiting (the SDK then adds
 // goroutines, so that the others are not frozen behind it). Freeze should
-// be quick; a hook that waits stretches the pause. After Freeze the
+// be quick; a hook that waits stretches the pause. Connections are frozen
+// in the order they were tracked, which keeps thousands of them close in
+// memory. Freeze runs with the garbage collector held off (below), so
+// what it allocates is fresh memory: a state buffer prepared while the
+// connection is idle, as examples/streamer does, keeps that out of the
+// pause too. After Freeze the
 // application must not touch the connection until Resume (the migration
 // aborted: carry on as if nothing happened) or Moved (the connection now
 // lives in the new process: stop without closing it; the SDK closes this
@@ -77,8 +82,9 @@
 // it allocates while adopting thousands of connections is fresh pages,
 // and on a virtual machine the first touch of a fresh page costs about
 // ten microseconds, paid during the pause. Set Expect to the number of
-// connections the old process typically holds; connections beyond it
-// still arrive, in fresh memory.
+// connections the old process typically holds; the memory has room for an
+// eighth more (and 64), and connections beyond that still arrive, in
+// fresh memory.
 //
 // # The pause and the garbage collector
 //
