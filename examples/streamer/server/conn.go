@@ -81,7 +81,8 @@ type conn struct {
 	// thousands of connections allocates nothing: it runs with the
 	// collector held off, and each allocation then came from fresh spans,
 	// a page fault per 4 KiB. Handed to the SDK with the state, never
-	// reused. Goroutine-owned; the idle Freeze takes it under mu.
+	// reused. Set in park and taken by the idle Freeze, both under mu;
+	// the goroutine takes it itself, while busy, when it answers a freeze.
 	stateBuf []byte
 	timer    *time.Timer
 	due      time.Time // when the next chunk is due; zero until streaming
@@ -411,11 +412,14 @@ func (c *conn) markResumed() {
 // rest, so a Freeze may take the state without waking it.
 func (c *conn) park() {
 	c.markResumed()
-	if c.stateBuf == nil {
+	c.mu.Lock()
+	// Under mu: a goroutine that stays parked through a freeze (its tick
+	// came while frozen) parks again, and the idle Freeze may have taken
+	// the buffer; it needs no new one until it is resumed.
+	if c.stateBuf == nil && !c.frozenIdle {
 		c.stateBuf = make([]byte, 1, 32+len(c.name))
 		c.stateBuf[0] = stateVersion // touches its page now, not in a freeze
 	}
-	c.mu.Lock()
 	c.busy = false
 	c.mu.Unlock()
 }
