@@ -42,15 +42,15 @@
 // goroutines, so that the others are not frozen behind it). Freeze should
 // be quick; a hook that waits stretches the pause. Connections are frozen
 // in the order they were tracked, which keeps thousands of them close in
-// memory. Freeze runs with the garbage collector held off (below), so
-// what it allocates is fresh memory: a state buffer prepared while the
+// memory. Freeze runs with the garbage collector held off (below), so what
+// it allocates is fresh memory: a state buffer prepared while the
 // connection is idle, as examples/streamer does, keeps that out of the
-// pause too. After Freeze the
-// application must not touch the connection until Resume (the migration
-// aborted: carry on as if nothing happened) or Moved (the connection now
-// lives in the new process: stop without closing it; the SDK closes this
-// process's copy, which does not affect the socket). Never shut a moved
-// connection down: shutdown acts on the socket, not on this process's copy.
+// pause too. After Freeze the application must not touch the connection
+// until Resume (the migration aborted: carry on as if nothing happened) or
+// Moved (the connection now lives in the new process: stop without closing
+// it; the SDK closes this process's copy, which does not affect the
+// socket). Never shut a moved connection down: shutdown acts on the socket,
+// not on this process's copy.
 //
 // A process stopped during a migration (SIGTERM from kubelet) may Close its
 // Process and exit: before everything was exported the migration is called

@@ -65,8 +65,8 @@ type Options struct {
 	// the pause then touches no fresh pages, which on a virtual machine
 	// cost about ten microseconds each on first touch. The memory has
 	// room for an eighth more, and 64; connections beyond that still
-	// arrive, in fresh memory. Only used with
-	// Standby. Default: DefaultExpect; negative: prepare nothing.
+	// arrive, in fresh memory. Only used with Standby. Default:
+	// DefaultExpect; negative: prepare nothing.
 	Expect int
 	// AcceptGrace bounds how long a migration waits for connections that
 	// were accepted but not yet tracked. Default: DefaultAcceptGrace.
