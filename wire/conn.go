@@ -266,18 +266,16 @@ func parseRights(oob []byte) ([]int, error) {
 	if len(oob) == 0 {
 		return nil, nil
 	}
-	// One pass counts the descriptors, the next fills a slice of exactly
-	// that size: a receiver of thousands allocates once per message, which
-	// matters while the collector is held off and every allocation is
-	// fresh memory.
-	n := 0
+	// One slice, sized from the control data (which holds more than
+	// the descriptors): a receiver of thousands allocates once per
+	// message, which matters while the collector is held off and every
+	// allocation is fresh memory.
+	fds := make([]int, 0, len(oob)/4)
 	var bad error
 	for rest := oob; len(rest) > 0; {
 		h, data, r, err := unix.ParseOneSocketControlMessage(rest)
 		if err != nil {
-			if bad == nil {
-				bad = fmt.Errorf("receive: control data: %w: %w", ErrMalformed, err)
-			}
+			bad = fmt.Errorf("receive: control data: %w: %w", ErrMalformed, err)
 			break
 		}
 		rest = r
@@ -289,24 +287,12 @@ func parseRights(oob []byte) ([]int, error) {
 			bad = fmt.Errorf("receive: rights: %w: %d bytes of descriptors", ErrMalformed, len(data))
 			continue
 		}
-		n += len(data) / 4
-	}
-	if n == 0 {
-		return nil, bad
-	}
-	fds := make([]int, 0, n)
-	for rest := oob; len(rest) > 0; {
-		h, data, r, err := unix.ParseOneSocketControlMessage(rest)
-		if err != nil {
-			break
-		}
-		rest = r
-		if h.Level != unix.SOL_SOCKET || h.Type != unix.SCM_RIGHTS || len(data)%4 != 0 {
-			continue
-		}
 		for i := 0; i < len(data); i += 4 {
 			fds = append(fds, int(int32(binary.NativeEndian.Uint32(data[i:]))))
 		}
+	}
+	if len(fds) == 0 {
+		fds = nil
 	}
 	return fds, bad
 }
