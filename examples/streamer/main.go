@@ -32,7 +32,7 @@ func main() {
 	flag.StringVar(&cfg.Socket, "socket", "", "handoff agent socket (default: $HANDOFF_SOCKET or the SDK default)")
 	flag.BoolVar(&cfg.Standby, "standby", false, "wait for another process to hand its sockets over before serving")
 	flag.DurationVar(&cfg.StandbyTimeout, "standby-timeout", 0, "how long to wait in standby (0: the SDK default)")
-	flag.IntVar(&cfg.Expect, "expect", 0, "in standby, how many connections to prepare memory for before joining (0: the SDK default, handoff.DefaultExpect)")
+	flag.IntVar(&cfg.Expect, "expect", 0, "in standby, how many connections to prepare memory and goroutines for before joining (0: the SDK default, handoff.DefaultExpect)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 0, "time to spend after listening and before serving, as a server loading caches would (a window in which a test can kill a target mid-migration)")
 	readyFile := flag.String("ready-file", "", "file that exists while this process serves: created once it serves, removed when its sockets moved away or it stops (for an exec readiness probe)")
 	check := flag.Bool("check", false, "with --ready-file: exit 0 if the file exists, else 1, and serve nothing (the readiness probe itself)")

@@ -67,7 +67,7 @@ type Config struct {
 	Socket         string                           // handoff agent socket; "" lets the SDK choose
 	Standby        bool                             // wait for a handoff from another process before serving
 	StandbyTimeout time.Duration                    // how long to wait in standby; 0 means the SDK default
-	Expect         int                              // connections a standby process prepares memory for; 0 means the SDK default
+	Expect         int                              // connections a standby process prepares memory and goroutines for; 0 means the SDK default
 	Warmup         time.Duration                    // time spent between Listen and Ready, as a server loading caches would
 	Logf           func(format string, args ...any) // log sink; nil discards
 	OnReady        func(Info)                       // called once listening, before the first Accept
@@ -119,6 +119,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Rate < 0 || cfg.Tick < 0 {
 		return fmt.Errorf("streamer: invalid pacing: rate %d bytes/s, tick %v", cfg.Rate, cfg.Tick)
 	}
+	var pool *goPool
+	if cfg.Standby {
+		n := cfg.Expect
+		if n == 0 {
+			n = handoff.DefaultExpect
+		}
+		pool = newGoPool(n)
+		defer pool.close()
+	}
 	p, err := handoff.Join(ctx, handoff.Options{
 		Socket: cfg.Socket, Name: cfg.SessionName, Standby: cfg.Standby,
 		StandbyTimeout: cfg.StandbyTimeout, Expect: cfg.Expect, Logf: cfg.Logf,
@@ -152,6 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	readyAt := time.Now()
 	s := newServer(cfg, p)
+	s.pool = pool
 	if len(imported) > 0 {
 		// One more than the connections, counted down after OnReady, so
 		// that OnResumed always comes after it.
@@ -163,6 +173,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	s.importConns(imported)
+	s.pool = nil
+	pool.close()
 	if cfg.OnReady != nil {
 		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported)})
 	}
@@ -213,6 +225,7 @@ type server struct {
 	cfg     Config
 	p       *handoff.Process
 	chunk   int       // bytes generated per tick
+	pool    *goPool   // goroutines prepared in standby for the imported connections; nil once they are started
 	bufs    sync.Pool // *[]byte with room for okHeader and a chunk
 	reqBufs sync.Pool // *[maxRequest]byte
 
@@ -354,7 +367,9 @@ func (s *server) start(nc net.Conn, st *connState) {
 	if s.cfg.onTrack != nil {
 		s.cfg.onTrack(c, h)
 	}
-	go c.run()
+	if !s.pool.run(c.run) {
+		go c.run()
+	}
 }
 
 // add registers c and counts its goroutine unless the server is stopping.
