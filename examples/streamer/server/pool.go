@@ -23,22 +23,26 @@ type goPool struct {
 // goroutine grows to) in use.
 const poolStack = 5 << 10
 
-// newGoPool starts n workers; nil if n <= 0.
+// newGoPool starts n workers and returns once every one has grown its
+// stack, so that none of that work overlaps a handoff; nil if n <= 0.
 func newGoPool(n int) *goPool {
 	if n <= 0 {
 		return nil
 	}
 	p := &goPool{ch: make(chan func())}
+	var grown sync.WaitGroup
+	grown.Add(n)
 	p.done.Add(n)
 	for range n {
-		go p.worker()
+		go p.worker(&grown)
 	}
+	grown.Wait()
 	return p
 }
 
-func (p *goPool) worker() {
+func (p *goPool) worker(grown *sync.WaitGroup) {
 	defer p.done.Done()
-	if f := waitDeep(p.ch); f != nil {
+	if f := waitDeep(p.ch, grown); f != nil {
 		f()
 	}
 }
@@ -48,11 +52,12 @@ func (p *goPool) worker() {
 // makes its pages this process's now rather than during the handoff.
 //
 //go:noinline
-func waitDeep(ch <-chan func()) func() {
+func waitDeep(ch <-chan func(), grown *sync.WaitGroup) func() {
 	var pad [poolStack]byte
 	for i := 0; i < len(pad); i += 512 {
 		pad[i] = 1
 	}
+	grown.Done()
 	f, ok := <-ch
 	if !ok || pad[len(pad)-1] != 0 { // the read keeps pad, and so the frame
 		return nil
