@@ -6,9 +6,9 @@ import "sync"
 // before it receives a handoff, so that the connections it receives start
 // on them. Starting thousands of goroutines after the handoff meant
 // allocating and growing thousands of stacks in fresh memory, a page
-// fault per 4 KiB: at 5000 connections the new process took about 350 ms
+// fault per 4 KiB: at 5000 connections the new process took about 400 ms
 // to resume them all, and clients whose chunk fell due in that time waited
-// for it; from the pool it takes about 80 ms.
+// for it; from the pool it takes 110-200 ms.
 type goPool struct {
 	ch   chan func()
 	done sync.WaitGroup // one per worker, until it has run or been released
