@@ -1,0 +1,77 @@
+package v1alpha1
+
+// Workloads opt in to handoff with labels and annotations on their pod
+// template (or, for EnabledLabel, on their namespace). These are the names;
+// the injection webhook and the rollout controllers in the manager read
+// them, and the node agent reads the readiness gate.
+
+// EnabledLabel opts a pod (through its template) or a namespace in: the
+// manager's webhook injects the agent's socket directory, HANDOFF_SOCKET,
+// the socket group and the readiness gate into each pod created with it.
+// The only value that enables is "true".
+const EnabledLabel = "handoff.dev/enabled"
+
+// ContainerAnnotation names the application's container in a pod with
+// several (default: the only container).
+const ContainerAnnotation = "handoff.dev/container"
+
+// OnFailureAnnotation says what a rollout does when a pod's handoff fails:
+// OnFailurePause (the default) or OnFailureRecreate.
+const OnFailureAnnotation = "handoff.dev/on-failure"
+
+// OnFailure is the value of OnFailureAnnotation.
+type OnFailure string
+
+const (
+	// OnFailurePause leaves the new pod's readiness gate False: the old
+	// pod serves on and the rollout stops where it is.
+	OnFailurePause OnFailure = "Pause"
+	// OnFailureRecreate opens the gate anyway: the rollout replaces the
+	// old pod as Kubernetes would without handoff, and its clients are
+	// disconnected.
+	OnFailureRecreate OnFailure = "Recreate"
+)
+
+// ConditionMigrated is the pod condition, and readiness gate, that a pod
+// of an opted-in workload waits for: True once its predecessor on the node
+// handed it every socket, or at once when it has no predecessor.
+const ConditionMigrated = "handoff.dev/migrated"
+
+// Labels on the Migrations a rollout creates, so that
+// `kubectl get mig -l handoff.dev/workload=<name>` lists one rollout's.
+const (
+	// WorkloadLabel is the name of the workload whose rollout created
+	// the Migration.
+	WorkloadLabel = "handoff.dev/workload"
+	// WorkloadKindLabel is its kind (DaemonSet, StatefulSet, Deployment).
+	WorkloadKindLabel = "handoff.dev/workload-kind"
+	// RevisionLabel is the revision the Migration moves to (the target
+	// pod's controller-revision-hash).
+	RevisionLabel = "handoff.dev/revision"
+)
+
+// Reasons of the Migrated pod condition and of the Events the rollout and
+// the webhook record on pods and workloads.
+const (
+	// ReasonNoPredecessor: no older pod of the workload runs on the
+	// node, so there is nothing to take over: the gate opens at once.
+	ReasonNoPredecessor = "NoPredecessor"
+	// ReasonMigrating: the Migration from the node's old pod runs.
+	ReasonMigrating = "Migrating"
+	// ReasonMigrated: the predecessor handed over every socket.
+	ReasonMigrated = "Migrated"
+	// ReasonMigrationFailed: the Migration failed; with OnFailurePause
+	// the gate stays closed and the old pod serves on.
+	ReasonMigrationFailed = "MigrationFailed"
+	// ReasonRecreated: the Migration failed and OnFailureRecreate opened
+	// the gate; the old pod's clients are disconnected when it goes.
+	ReasonRecreated = "Recreated"
+	// ReasonInjected: the webhook added the socket, env, group and gate.
+	ReasonInjected = "Injected"
+	// ReasonNotInjectable: the webhook could not tell which container
+	// is the application's, or the pod cannot take part as written.
+	ReasonNotInjectable = "NotInjectable"
+	// ReasonUnsupportedWorkload: the workload's spec cannot keep its
+	// connections through a rollout (the message says what to change).
+	ReasonUnsupportedWorkload = "UnsupportedWorkload"
+)
