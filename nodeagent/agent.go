@@ -68,6 +68,12 @@ type Config struct {
 	// a root process in an application's pod reaches the socket too, and
 	// must not move other pods' connections.
 	Identify func(pid int32, pidfd int) (podid.Identity, error)
+	// Predecessor, if set, answers a process that asks (HelloAsk) whether
+	// a predecessor will hand over to it: wait in standby, and why (for
+	// the log). It gets the peer's identity from Identify (zero without
+	// one). The Kubernetes agent decides from the pod; standalone leaves
+	// it nil, and asking processes start fresh.
+	Predecessor func(id podid.Identity) (wait bool, why string)
 	// Fault, if set, is called at each step of a transaction ("prepared",
 	// "relayed-batch", "ended"): fault-injection tests use it to kill or
 	// stall the agent at an exact point. Leave it nil in production.
@@ -257,6 +263,7 @@ type session struct {
 	name    string
 	role    wire.Role
 	standby bool
+	told    bool // standby because Config.Predecessor said so (WelcomeStandby)
 	since   time.Time
 	ident   podid.Identity // zero unless Config.Identify identified the peer
 	// welcomed is closed once the Welcome went out (or could not): a
@@ -346,6 +353,16 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 			log = log.WithValues("podUID", id.PodUID, "containerID", id.ContainerID)
 		}
 	}
+	if h.Role == wire.RoleApp && !s.standby && h.Flags&wire.HelloAsk != 0 && v >= 2 && a.cfg.Predecessor != nil {
+		// Decided before the session is listed: a Migration looking for
+		// its target finds it in standby from the start.
+		wait, why := a.cfg.Predecessor(s.ident)
+		log.Info("told the joining process whether to wait for a predecessor", "standby", wait, "why", why)
+		s.standby, s.told = wait, wait
+		if wait {
+			s.state = "standby"
+		}
+	}
 	switch h.Role {
 	case wire.RoleAdmin:
 		if peer.UID != 0 && peer.UID != uint32(os.Getuid()) {
@@ -408,6 +425,9 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	w := wire.Welcome{Version: uint16(v), SessionID: s.id, PID: uint32(peer.PID)}
 	if claim != nil {
 		w.Flags |= wire.WelcomePending
+	}
+	if s.told && claim == nil {
+		w.Flags |= wire.WelcomeStandby
 	}
 	err = s.send(wire.TypeWelcome, 0, w.Marshal(), nil)
 	close(s.welcomed)

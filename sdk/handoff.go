@@ -129,11 +129,15 @@ type Process struct {
 }
 
 // Join connects this process to the agent. When a handoff for this
-// process is pending (or Options.Standby is set) it receives the sockets
-// before returning; they are then claimed with Listen, ListenPacket and
-// Ready. Without a reachable agent Join logs that handoff is unavailable
-// and returns a Process that uses fresh sockets. It returns an error only
-// when an incoming handoff failed (ErrAborted) or a standby wait ended
+// process is pending, when Options.Standby is set, or when the agent says
+// that a predecessor will hand over to it (asked unless Options.Standby is
+// set), it receives the sockets before returning; they are then claimed
+// with Listen, ListenPacket and Ready. Without a reachable agent Join logs
+// that handoff is unavailable and returns a Process that uses fresh
+// sockets. A process the agent told to wait, and to which nothing was
+// handed within StandbyTimeout, logs so and joins again to serve fresh
+// sockets. Join returns an error only when an incoming handoff failed
+// (ErrAborted) or a standby wait that Options.Standby asked for ended
 // without one (ErrStandbyTimeout, or ctx's error).
 func Join(ctx context.Context, opts Options) (*Process, error) {
 	opts.defaults()
@@ -149,65 +153,94 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 		// Before the agent knows of this process: a migration to it can
 		// start as soon as it has joined.
 		p.res = newReserve(withSlack(opts.Expect))
-	}
-	c, err := wire.Dial(opts.Socket)
-	if err != nil {
-		if opts.Standby {
-			return nil, fmt.Errorf("standby needs the agent: %w", err)
-		}
-		opts.Logf("handoff: unavailable, serving with fresh sockets: %v", err)
-		p.readyDone = false
-		return p, nil
-	}
-	flags := uint8(0)
-	if opts.Standby {
-		flags |= wire.HelloStandby
 		// Grow the descriptor table now rather than during the pause.
 		_, _ = wire.ReserveFDTable()
 	}
-	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: opts.Name}
+	flags := wire.HelloAsk
+	if opts.Standby {
+		flags = wire.HelloStandby
+	}
+	w, err := p.hello(flags)
+	if err != nil {
+		return p.unavailable(err)
+	}
+	pending, told := w.Flags&wire.WelcomePending != 0, w.Flags&wire.WelcomeStandby != 0
+	if !pending && !told && !opts.Standby {
+		p.startControl()
+		return p, nil
+	}
+	if told {
+		p.logf("the agent says a predecessor will hand its sockets over; waiting up to %v", opts.StandbyTimeout)
+		p.res = newReserve(withSlack(opts.Expect))
+	}
+	if !opts.Standby {
+		_, _ = wire.ReserveFDTable()
+	}
+	in, err := p.receive(ctx, pending, opts.Standby || told)
+	if told && !pending && errors.Is(err, ErrStandbyTimeout) {
+		// The predecessor never came: serve fresh sockets rather than
+		// stay down, in a new session the agent does not count as
+		// standby.
+		p.agent.Close()
+		p.agent, p.res = nil, nil
+		p.logf("no handoff arrived within %v of joining; serving with fresh sockets", opts.StandbyTimeout)
+		if _, err := p.hello(0); err != nil {
+			return p.unavailable(err)
+		}
+		p.startControl()
+		return p, nil
+	}
+	if err != nil {
+		p.agent.Close()
+		return nil, err
+	}
+	p.in = in
+	p.inherited = true
+	return p, nil
+}
+
+// hello opens the session with the agent: Hello with flags, then the
+// agent's Welcome. On success p.agent and p.sessionID are set.
+func (p *Process) hello(flags uint8) (wire.Welcome, error) {
+	var w wire.Welcome
+	sock := p.opts.Socket
+	c, err := wire.Dial(sock)
+	if err != nil {
+		return w, fmt.Errorf("dial agent %s: %w", sock, err)
+	}
+	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
 	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {
 		c.Close()
-		return p.unavailable(fmt.Errorf("say hello to agent %s: %w", opts.Socket, err))
+		return w, fmt.Errorf("say hello to agent %s: %w", sock, err)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := c.Recv()
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		c.Close()
-		return p.unavailable(fmt.Errorf("wait for agent %s: %w", opts.Socket, err))
+		return w, fmt.Errorf("wait for agent %s: %w", sock, err)
 	}
 	if m.Type == wire.TypeError {
 		m.CloseFDs()
 		var f wire.Failure
 		_ = f.Unmarshal(m.Body)
 		c.Close()
-		return p.unavailable(fmt.Errorf("agent %s refused the session: %w", opts.Socket, f))
+		return w, fmt.Errorf("agent %s refused the session: %w", sock, f)
 	}
-	var w wire.Welcome
 	if m.Type != wire.TypeWelcome || w.Unmarshal(m.Body) != nil {
 		m.CloseFDs()
 		c.Close()
-		return p.unavailable(fmt.Errorf("agent %s: %w: expected welcome, got %v", opts.Socket, wire.ErrMalformed, m.Type))
+		return w, fmt.Errorf("agent %s: %w: expected welcome, got %v", sock, wire.ErrMalformed, m.Type)
+	}
+	m.CloseFDs()
+	if w.Version < 2 {
+		// An agent of version 1 knows no WelcomeStandby.
+		w.Flags &^= wire.WelcomeStandby
 	}
 	c.SetVersion(uint8(w.Version))
 	p.agent = c
 	p.sessionID = w.SessionID
-	if w.Flags&wire.WelcomePending != 0 || opts.Standby {
-		if !opts.Standby {
-			_, _ = wire.ReserveFDTable()
-		}
-		in, err := p.receive(ctx, w.Flags&wire.WelcomePending != 0)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		p.in = in
-		p.inherited = true
-		return p, nil
-	}
-	p.startControl()
-	return p, nil
+	return w, nil
 }
 
 func (p *Process) unavailable(err error) (*Process, error) {

@@ -108,10 +108,10 @@ func (in *incoming) closeAll() {
 
 // receive waits for Begin and takes in every batch until End. Any failure
 // is reported to the agent and returned wrapped in ErrAborted.
-func (p *Process) receive(ctx context.Context, pending bool) (_ *incoming, retErr error) {
+func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incoming, retErr error) {
 	c := p.agent
 	wait := p.opts.StandbyTimeout
-	if pending && !p.opts.Standby {
+	if pending && !standby {
 		wait = 30 * time.Second
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })

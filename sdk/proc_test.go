@@ -100,7 +100,7 @@ func runStreamerChild() int {
 	err := server.Run(ctx, server.Config{
 		Addr: addr, Rate: 4096, Tick: 50 * time.Millisecond,
 		Socket: os.Getenv("HANDOFF_SOCKET"), SessionName: os.Getenv("HANDOFF_NAME"),
-		Standby: os.Getenv("STANDBY") == "1",
+		Standby: os.Getenv("STANDBY") == "1", StandbyTimeout: envDuration("STANDBY_TIMEOUT"),
 		Logf:    func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		OnReady: func(i server.Info) {
 			fmt.Printf("READY addr=%v pid=%d inherited=%v imported=%d\n", i.Addr, os.Getpid(), i.Inherited, i.Imported)
@@ -115,6 +115,12 @@ func runStreamerChild() int {
 	}
 	fmt.Println("EXIT ok")
 	return 0
+}
+
+// envDuration parses the environment variable k as a duration (0 if unset).
+func envDuration(k string) time.Duration {
+	d, _ := time.ParseDuration(os.Getenv(k))
+	return d
 }
 
 // runAgentChild runs a node agent on $HANDOFF_SOCKET that kills itself
@@ -234,15 +240,19 @@ type testAgent struct {
 	results chan admin.Result
 }
 
-func startAgent(t *testing.T) *testAgent {
+func startAgent(t *testing.T, configure ...func(*nodeagent.Config)) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	ta := &testAgent{socket: filepath.Join(dir, "run", "agent.sock"), joins: make(chan admin.Session, 64), results: make(chan admin.Result, 64)}
-	ta.Agent = nodeagent.New(nodeagent.Config{
+	cfg := nodeagent.Config{
 		Socket: ta.socket, Log: testr.New(t),
 		OnJoin:   func(s admin.Session) { ta.joins <- s },
 		OnResult: func(r admin.Result) { ta.results <- r },
-	})
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	ta.Agent = nodeagent.New(cfg)
 	if err := ta.Listen(); err != nil {
 		t.Fatal(err)
 	}

@@ -194,7 +194,7 @@ func TestRecvRejectsAndCloses(t *testing.T) {
 			return rawHeader(1, 99, 0, 1, 0, 1, 0), unix.UnixRights(fds...)
 		}, ErrType},
 		{"unknown version with fds", 1, func(fds []int) ([]byte, []byte) {
-			return rawHeader(2, TypeBatch, 0, 1, 0, 1, 0), unix.UnixRights(fds...)
+			return rawHeader(MaxVersion+1, TypeBatch, 0, 1, 0, 1, 0), unix.UnixRights(fds...)
 		}, ErrVersion},
 		{"body length mismatch with fds", 1, func(fds []int) ([]byte, []byte) {
 			return append(rawHeader(1, TypeBatch, 0, 1, 0, 1, 10), 1, 2, 3), unix.UnixRights(fds...)

@@ -22,12 +22,21 @@ const (
 const (
 	// HelloStandby: the process waits to receive a handoff before serving.
 	HelloStandby uint8 = 1
+	// HelloAsk (version 2): the process does not know whether a
+	// predecessor will hand over to it and asks the agent, which answers
+	// with WelcomeStandby or without it. Ignored with HelloStandby, and by
+	// agents that agree on version 1.
+	HelloAsk uint8 = 2
 )
 
 // Welcome flags.
 const (
 	// WelcomePending: a handoff for this process follows at once (Begin).
 	WelcomePending uint16 = 1
+	// WelcomeStandby (version 2, only in answer to HelloAsk): a
+	// predecessor will hand over to this process; it waits in standby as
+	// if it had sent HelloStandby.
+	WelcomeStandby uint16 = 2
 )
 
 // Kinds of descriptor in a batch entry.

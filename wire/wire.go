@@ -37,7 +37,9 @@ const (
 	// speaks; peers agree on the highest common one in Hello/Welcome.
 	MinVersion = 1
 	// MaxVersion is the newest protocol version this package speaks.
-	MaxVersion = 1
+	// Version 2 adds HelloAsk and WelcomeStandby: the agent tells a
+	// joining process whether a predecessor will hand over to it.
+	MaxVersion = 2
 )
 
 // Type says what a message is. Values are stable: they are on the wire.

@@ -81,8 +81,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"31 bytes", valid()[:HeaderLen-1], 0, ErrShort, "31 bytes"},
 		{"bad magic", func() []byte { b := valid(); b[0] = 'X'; return b }(), 0, ErrMagic, `"XOFF"`},
 		{"lower-case magic", func() []byte { b := valid(); copy(b, "hoff"); return b }(), 0, ErrMagic, ""},
-		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..1)"},
-		{"version 2", func() []byte { b := valid(); b[4] = 2; return b }(), 0, ErrVersion, "2"},
+		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..2)"},
+		{"version 3", func() []byte { b := valid(); b[4] = 3; return b }(), 0, ErrVersion, "3"},
 		{"version 255", func() []byte { b := valid(); b[4] = 255; return b }(), 0, ErrVersion, "255"},
 		{"type 0", func() []byte { b := valid(); b[5] = 0; return b }(), 0, ErrType, ": 0"},
 		{"type 14", func() []byte { b := valid(); b[5] = 14; return b }(), 0, ErrType, ": 14"},
@@ -175,10 +175,12 @@ func TestNegotiate(t *testing.T) {
 		ok       bool
 	}{
 		{1, 1, 1, true},
-		{1, 9, 1, true},
+		{1, 9, 2, true},
 		{0, 1, 1, true},
-		{0, 65535, 1, true},
-		{2, 3, 0, false},
+		{0, 65535, 2, true},
+		{1, 2, 2, true},
+		{2, 3, 2, true},
+		{3, 4, 0, false},
 		{0, 0, 0, false},
 		{1, 0, 0, false}, // min above max
 		{65535, 65535, 0, false},

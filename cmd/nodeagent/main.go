@@ -57,8 +57,13 @@ func main() {
 		Socket: *socket, SocketMode: os.FileMode(*socketMode), DirMode: os.FileMode(*dirMode),
 		MigrateTimeout: *timeout, StoreHold: *hold, Log: log,
 	}
+	// Under Kubernetes the agent tells a joining process whether to wait
+	// for a predecessor, from its pod; the client arrives with the
+	// manager below.
+	preds := &kube.Predecessors{}
 	if *node != "" {
 		cfg.Identify = podid.NewResolver(*procRoot).Resolve
+		cfg.Predecessor = preds.Wait
 	}
 	a := nodeagent.New(cfg)
 	if err := a.Listen(); err != nil {
@@ -79,7 +84,7 @@ func main() {
 		}()
 	}
 	if *node != "" {
-		if err := runKubernetes(ctx, a, *node); err != nil {
+		if err := runKubernetes(ctx, a, *node, preds); err != nil {
 			log.Error(err, "cannot run the Kubernetes reconciler", "node", *node)
 			os.Exit(1)
 		}
@@ -93,7 +98,7 @@ func main() {
 
 // runKubernetes starts, in the background, a manager whose cache holds only
 // this node's Migrations and Pods, and the reconciler that performs them.
-func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string) error {
+func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string, preds *kube.Predecessors) error {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return fmt.Errorf("register core types: %w", err)
@@ -117,6 +122,7 @@ func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string) error {
 	if err := (&kube.Reconciler{Agent: a, Node: node}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the reconciler: %w", err)
 	}
+	preds.Client = mgr.GetClient()
 	go func() {
 		if err := mgr.Start(ctx); err != nil {
 			ctrl.Log.Error(err, "kubernetes reconciler stopped", "node", node)
