@@ -101,7 +101,7 @@ func runStreamerChild() int {
 		Addr: addr, Rate: 4096, Tick: 50 * time.Millisecond,
 		Socket: os.Getenv("HANDOFF_SOCKET"), SessionName: os.Getenv("HANDOFF_NAME"),
 		Standby: os.Getenv("STANDBY") == "1", StandbyTimeout: envDuration("STANDBY_TIMEOUT"),
-		Logf:    func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
+		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 		OnReady: func(i server.Info) {
 			fmt.Printf("READY addr=%v pid=%d inherited=%v imported=%d\n", i.Addr, os.Getpid(), i.Inherited, i.Imported)
 		},
