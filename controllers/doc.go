@@ -4,4 +4,10 @@
 // with its node so that only that node's agent acts on it, enforces the
 // deadline even when the agent is gone, summarises the agent's report into
 // a phase, and applies the source policy after success.
+//
+// Beside it run the rollout controllers of opted-in workloads: the surge
+// path of hostNetwork DaemonSets (SurgeReconciler: one Migration from the
+// node's old pod to each new pod, whose handoff.dev/migrated readiness gate
+// opens when it completes) and DaemonSetChecker, which names in an Event
+// what keeps a DaemonSet's rollout from keeping its connections.
 package controllers

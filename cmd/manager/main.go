@@ -1,7 +1,9 @@
 // Command manager is the handoff controller manager: it runs the
 // cluster-wide Migration reconciler (validation, scheduling to a node,
-// deadlines, the source policy) in the usual controller-runtime shape, with
-// leader election for more than one replica.
+// deadlines, the source policy) and the rollout controllers of opted-in
+// workloads (the DaemonSet surge: one Migration per new pod, whose
+// readiness gate opens when it completes) in the usual controller-runtime
+// shape, with leader election for more than one replica.
 package main
 
 import (
@@ -70,6 +72,14 @@ func main() {
 	}
 	if err := rec.SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "set up the migration controller")
+		os.Exit(1)
+	}
+	if err := (&controllers.SurgeReconciler{}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "set up the DaemonSet surge controller")
+		os.Exit(1)
+	}
+	if err := (&controllers.DaemonSetChecker{}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "set up the DaemonSet checker")
 		os.Exit(1)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
