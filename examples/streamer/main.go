@@ -6,7 +6,7 @@
 //	curl -sN http://127.0.0.1:8080/streams/demo | head -c 64 | xxd
 //
 // It runs until SIGINT or SIGTERM, or until its sockets were handed to a
-// new process (then it exits 0).
+// new process (then it exits 0, or with --linger waits for the signal).
 package main
 
 import (
@@ -35,6 +35,7 @@ func main() {
 	flag.IntVar(&cfg.Expect, "expect", 0, "in standby, how many connections to prepare memory and goroutines for before joining (0: the SDK default, handoff.DefaultExpect)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 0, "time to spend after listening and before serving, as a server loading caches would (a window in which a test can kill a target mid-migration)")
 	readyFile := flag.String("ready-file", "", "file that exists while this process serves: created once it serves, removed when its sockets moved away or it stops (for an exec readiness probe)")
+	linger := flag.Bool("linger", false, "once the sockets moved away, stay (not ready) until SIGINT or SIGTERM instead of exiting: for pods whose restartPolicy is Always (a DaemonSet's), where kubelet would start the process again beside its successor")
 	check := flag.Bool("check", false, "with --ready-file: exit 0 if the file exists, else 1, and serve nothing (the readiness probe itself)")
 	flag.Parse()
 	if *check {
@@ -81,8 +82,10 @@ func main() {
 	cfg.OnResumed = func(n int, d time.Duration) {
 		fmt.Printf("streamer: resumed %d imported connections %v after ready\n", n, d)
 	}
+	movedAway := false
 	cfg.OnExit = func(s server.Summary) {
 		notReady()
+		movedAway = s.MovedAway
 		why := "stopped"
 		if s.MovedAway {
 			why = "moved away"
@@ -98,5 +101,9 @@ func main() {
 		notReady()
 		logger.Print(err)
 		os.Exit(1)
+	}
+	if movedAway && *linger {
+		fmt.Println("streamer: lingering until stopped")
+		<-ctx.Done()
 	}
 }

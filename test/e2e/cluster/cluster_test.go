@@ -153,6 +153,7 @@ func TestCluster(t *testing.T) {
 	t.Run("TargetKilled", s.testTargetKilled)
 	t.Run("Refused", s.testRefused)
 	t.Run("AdminOnlyFromAgent", s.testAdminOnlyFromAgent)
+	t.Run("DaemonSetSurge", s.testDaemonSetSurge)
 	if !t.Failed() {
 		s.uninstall(t)
 	}

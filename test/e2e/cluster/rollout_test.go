@@ -1,0 +1,184 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/internal/workload"
+)
+
+// streamerDaemonSet is what a user writes for a node-level streaming
+// service that keeps its connections through rollouts: the label, the
+// host network, the surge strategy and a readiness probe that follows the
+// handoff. The webhook adds the agent's socket, its group and the gate.
+func streamerDaemonSet(ns, image string, port int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: streamer
+  namespace: %[1]s
+spec:
+  selector:
+    matchLabels: {app: streamer}
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata:
+      labels: {app: streamer, handoff.dev/enabled: "true"}
+    spec:
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
+      terminationGracePeriodSeconds: 2
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers:
+      - name: %[4]s
+        image: %[2]s
+        imagePullPolicy: IfNotPresent
+        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s", "--linger"]
+        readinessProbe:
+          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
+          periodSeconds: 1
+        volumeMounts: [{name: run, mountPath: /var/run/streamer}]
+      volumes:
+      - {name: run, emptyDir: {medium: Memory}}
+`, ns, image, port, streamerName, readyFile)
+}
+
+// testDaemonSetSurge deploys a labelled hostNetwork DaemonSet, streams
+// from it, and rolls it out with kubectl set image: the new pod on the node
+// takes every connection from the old one before the DaemonSet controller
+// deletes it, and kubectl rollout status reports the rollout done.
+func (s *suite) testDaemonSetSurge(t *testing.T) {
+	ctx := context.Background()
+	ns := s.namespace(t, "ds-surge")
+	port := freePort(t)
+	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
+	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
+	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
+	old := s.onlyPod(t, ns)
+	s.checkInjected(t, old)
+	if c := workload.GateCondition(old); c == nil || c.Status != corev1.ConditionTrue || c.Reason != handoffv1.ReasonNoPredecessor {
+		t.Fatalf("the first pod's gate is %+v; want True with reason %s", c, handoffv1.ReasonNoPredecessor)
+	}
+	waitServing(t, addr)
+	lc := s.startClients(t, addr, clientStreams)
+	lc.ResetStall()
+
+	start := time.Now()
+	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "ds/streamer", streamerName+"="+s.streamerNext)
+	s.run(t, 4*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=3m")
+	s.timing("%s: kubectl set image ds/streamer → rollout status done in %v", ns, time.Since(start).Round(time.Millisecond))
+
+	var migs handoffv1.MigrationList
+	if err := s.c.List(ctx, &migs, client.InNamespace(ns), client.MatchingLabels{handoffv1.WorkloadLabel: "streamer"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(migs.Items) != 1 {
+		t.Fatalf("%d Migrations of the DaemonSet; want one for the one node", len(migs.Items))
+	}
+	m := &migs.Items[0]
+	wantCompleted(t, m, clientStreams)
+	if m.Spec.Source.Pod != old.Name {
+		t.Errorf("migration %s moved from pod %s; want the old pod %s", m.Name, m.Spec.Source.Pod, old.Name)
+	}
+	if m.Status.CompletionTime != nil {
+		s.timing("%s: kubectl set image → Migration %s Completed in %v (pause %v)", ns, m.Name,
+			m.Status.CompletionTime.Sub(start).Round(time.Millisecond), m.Status.Pause.Duration)
+	}
+	s.waitPodGone(t, ns, old.Name)
+	cur := s.onlyPod(t, ns)
+	if cur.Name != m.Spec.Target.Pod || cur.Spec.Containers[0].Image != s.streamerNext {
+		t.Fatalf("pod %s (image %s) runs; want the Migration's target %s with image %s", cur.Name, cur.Spec.Containers[0].Image, m.Spec.Target.Pod, s.streamerNext)
+	}
+	if c := workload.GateCondition(cur); c == nil || c.Status != corev1.ConditionTrue || c.Reason != handoffv1.ReasonMigrated {
+		t.Fatalf("the new pod's gate is %+v; want True with reason %s", c, handoffv1.ReasonMigrated)
+	}
+	var ds appsv1.DaemonSet
+	if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &ds); err != nil {
+		t.Fatal(err)
+	}
+	if st := ds.Status; st.UpdatedNumberScheduled != 1 || st.NumberAvailable != 1 || st.DesiredNumberScheduled != 1 || st.NumberUnavailable != 0 {
+		t.Fatalf("DaemonSet status %+v; want one pod, updated and available", st)
+	}
+	s.checkClients(t, lc, "kubectl set image ds/streamer")
+	t.Logf("longest client stall during the rollout: %v", lc.Snapshot().LongestStall)
+	s.stopClients(t, lc)
+}
+
+// onlyPod is the one pod of the namespace that is not being deleted.
+func (s *suite) onlyPod(t *testing.T, ns string) *corev1.Pod {
+	t.Helper()
+	var pods corev1.PodList
+	if err := s.c.List(context.Background(), &pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var live []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	if len(live) != 1 {
+		names := make([]string, 0, len(live))
+		for _, p := range live {
+			names = append(names, p.Name)
+		}
+		t.Fatalf("pods %v in %s; want exactly one", names, ns)
+	}
+	return &live[0]
+}
+
+// checkInjected checks that the webhook gave the pod what
+// config/samples/streamer.yaml writes by hand, and the gate.
+func (s *suite) checkInjected(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	var missing []string
+	hasVolume := false
+	for _, v := range p.Spec.Volumes {
+		hasVolume = hasVolume || v.HostPath != nil && v.HostPath.Path == "/run/handoff"
+	}
+	if !hasVolume {
+		missing = append(missing, "the /run/handoff hostPath volume")
+	}
+	c := p.Spec.Containers[0]
+	hasMount, hasEnv := false, false
+	for _, m := range c.VolumeMounts {
+		hasMount = hasMount || m.MountPath == "/run/handoff"
+	}
+	for _, e := range c.Env {
+		hasEnv = hasEnv || e.Name == "HANDOFF_SOCKET" && e.Value == "/run/handoff/agent.sock"
+	}
+	if !hasMount {
+		missing = append(missing, "its mount")
+	}
+	if !hasEnv {
+		missing = append(missing, "HANDOFF_SOCKET")
+	}
+	hasGroup := false
+	if sc := p.Spec.SecurityContext; sc != nil {
+		for _, g := range sc.SupplementalGroups {
+			hasGroup = hasGroup || g == socketGroup
+		}
+	}
+	if !hasGroup {
+		missing = append(missing, fmt.Sprintf("supplemental group %d", socketGroup))
+	}
+	if !workload.HasGate(p) {
+		missing = append(missing, "the "+handoffv1.ConditionMigrated+" readiness gate")
+	}
+	if len(missing) > 0 {
+		t.Fatalf("pod %s was not injected with %s", p.Name, strings.Join(missing, ", "))
+	}
+}
+
