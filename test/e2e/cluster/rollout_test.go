@@ -181,4 +181,3 @@ func (s *suite) checkInjected(t *testing.T, p *corev1.Pod) {
 		t.Fatalf("pod %s was not injected with %s", p.Name, strings.Join(missing, ", "))
 	}
 }
-

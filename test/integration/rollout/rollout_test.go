@@ -135,7 +135,7 @@ func daemonSet(t *testing.T, ns, name string, edit func(*appsv1.DaemonSet)) *app
 				RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0))}},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name, v1alpha1.EnabledLabel: "true"}},
-				Spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{Name: "streamer", Image: "streamer:1"}}},
+				Spec:       corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{Name: "streamer", Image: "streamer:1"}}},
 			},
 		},
 	}
