@@ -74,6 +74,11 @@ const (
 	// ReasonWaitingForProcesses: the agent waits for the source and target
 	// processes to join its socket.
 	ReasonWaitingForProcesses = "WaitingForProcesses"
+	// ReasonWaitingForRestartBackoff: before an in-place restart, the
+	// agent waits (the process serving on) until kubelet's restart
+	// back-off for the new image has passed, so that kubelet restarts the
+	// container at once rather than while the agent holds its sockets.
+	ReasonWaitingForRestartBackoff = "WaitingForRestartBackoff"
 	// ReasonPreparing: the source is quiescing and exporting.
 	ReasonPreparing = "Preparing"
 	// ReasonTransferring: descriptors and state are moving.

@@ -61,6 +61,8 @@ type Reconciler struct {
 	mu      sync.Mutex
 	running map[types.UID]bool
 	done    map[types.UID]bool // ran to an outcome in this process
+
+	backoff restartBackoff // kubelet's restart back-off, for in-place restarts
 }
 
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch
@@ -145,7 +147,8 @@ func (r *Reconciler) unclaim(uid types.UID) {
 // endpoint is one side of a Migration as found on this node.
 type endpoint struct {
 	role, pod, container string
-	statusID             string // runtime://id of the running container
+	statusID             string    // runtime://id of the running container
+	lastExit             time.Time // when the container's last exited instance finished (zero: none)
 	podUID               types.UID
 	session              admin.Session
 }
@@ -246,6 +249,10 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 // same pod with the same name and uid, claims the sockets.
 func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration, src *endpoint, deadline time.Time) error {
 	mig.Status.SourceContainerID = src.statusID
+	key := backoffKey{pod: src.podUID, container: src.container, image: mig.Spec.Target.Image}
+	if err := r.awaitBackoff(ctx, mig, src, key, deadline); err != nil {
+		return err
+	}
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
 		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
 		return err
@@ -279,6 +286,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
 			}
 			patched = true
+			r.backoff.started(key, src.lastExit, time.Now())
 			if tracked {
 				r.awaitKubelet(ctx, pod, deadline)
 			}
@@ -331,6 +339,32 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration))
 }
 
+// awaitBackoff waits, before anything is frozen, until kubelet will
+// restart the container with the new image at once rather than hold the
+// restart back (see restartBackoff), while the process serves on. It
+// fails the Migration, nothing moved, when that is after the deadline.
+func (r *Reconciler) awaitBackoff(ctx context.Context, mig *v1alpha1.Migration, src *endpoint, key backoffKey, deadline time.Time) error {
+	d := r.backoff.wait(key, src.lastExit, time.Now())
+	if d <= 0 {
+		return nil
+	}
+	why := fmt.Sprintf("kubelet would hold the restart of %v with image %s back for up to %v (its restart back-off: the container ran that image before, and its last instance stopped at %s)",
+		src, key.image, d.Round(100*time.Millisecond), src.lastExit.Format(time.RFC3339))
+	if time.Now().Add(d).After(deadline) {
+		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonDeadlineExceeded,
+			why+"; that is past the deadline, so nothing was moved: try again later, or with a longer timeout")
+	}
+	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForRestartBackoff, why+"; the process serves on meanwhile"); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+	}
+	return nil
+}
+
 // fatalError is a lookup failure that waiting cannot fix.
 type fatalError struct{ reason, msg string }
 
@@ -376,6 +410,17 @@ func (r *Reconciler) awaitKubelet(ctx context.Context, patched *corev1.Pod, dead
 	}
 }
 
+// lastExit is when the last exited instance of the named container
+// finished, zero when none is known.
+func lastExit(pod *corev1.Pod, container string) time.Time {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.LastTerminationState.Terminated; cs.Name == container && t != nil {
+			return t.FinishedAt.Time
+		}
+	}
+	return time.Time{}
+}
+
 // runningContainerID is the runtime://id of the named container if it
 // runs, else "".
 func runningContainerID(pod *corev1.Pod, container string) string {
@@ -403,6 +448,7 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		}
 		e.podUID = pod.UID
 		e.statusID = runningContainerID(pod, e.container)
+		e.lastExit = lastExit(pod, e.container)
 		if e.statusID == "" {
 			return fmt.Errorf("%v is not running", e)
 		}
