@@ -14,7 +14,7 @@
 #   up       hack/cluster-up.sh (its kubeconfig: $CLUSTER_DIR/kubeconfig)
 #   images   hack/cluster-images.sh --import: handoff:$IMAGE_TAG and
 #            handoff-streamer:$IMAGE_TAG into the cluster's containerd, plus the
-#            tag handoff-streamer:$IMAGE_TAG-next of the same image, which the
+#            tags handoff-streamer:$IMAGE_TAG-next, -r3 and -r4 of the same image, which the
 #            in-place update test sets as target.image
 #   test     go test -count=1 -timeout 30m -v ./test/e2e/cluster/ [ARGS...]
 #   down     hack/cluster-down.sh (skipped with KEEP_CLUSTER=1, or when the
@@ -104,7 +104,9 @@ fi
 
 phase images
 "$ROOT/hack/cluster-images.sh" --import
-"$CTR" -n k8s.io images tag --force "docker.io/library/handoff-streamer:$IMAGE_TAG" "docker.io/library/handoff-streamer:$IMAGE_TAG-next" >/dev/null
+for tag in next r3 r4; do
+	"$CTR" -n k8s.io images tag --force "docker.io/library/handoff-streamer:$IMAGE_TAG" "docker.io/library/handoff-streamer:$IMAGE_TAG-$tag" >/dev/null
+done
 
 phase test
 export KUBECONFIG=$CLUSTER_DIR/kubeconfig
@@ -113,6 +115,7 @@ export HANDOFF_E2E_HELM=$ROOT/bin/cluster/helm-$HELM_VERSION/helm
 export HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG
 export HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:$IMAGE_TAG
 export HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:$IMAGE_TAG-next
+export HANDOFF_E2E_STREAMER_MORE="handoff-streamer:$IMAGE_TAG-r3 handoff-streamer:$IMAGE_TAG-r4"
 export HANDOFF_E2E_ARTIFACTS=$ARTIFACTS
 cd "$ROOT"
 "$GO" test -count=1 -timeout 30m -v ./test/e2e/cluster/ "$@"

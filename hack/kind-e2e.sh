@@ -18,7 +18,7 @@
 #   cluster  kind create cluster $KIND_CLUSTER: one node, $KIND_NODE_IMAGE, pod
 #            subnet $KIND_POD_SUBNET; kubeconfig in $WORK_DIR/kubeconfig, never
 #            ~/.kube/config
-#   load     kind load docker-image of the three tags (pods use IfNotPresent)
+#   load     kind load docker-image of the five tags (pods use IfNotPresent)
 #   route    ip route replace $KIND_POD_SUBNET via the node container's IP, so
 #            the suite reaches pod IPs from the host (root: sudo when not root)
 #   test     go test -count=1 -timeout 30m -v ./test/e2e/cluster/ [ARGS...]
@@ -160,6 +160,7 @@ env_line() {
 	printf 'KUBECONFIG=%s HANDOFF_E2E_HELM=%s HANDOFF_E2E_KUBECTL=%s ' "$KCFG" "$HELM" "$KUBECTL"
 	printf 'HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=%s ' "$IMAGE_TAG"
 	printf 'HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:%s HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:%s-next ' "$IMAGE_TAG" "$IMAGE_TAG"
+	printf 'HANDOFF_E2E_STREAMER_MORE="handoff-streamer:%s-r3 handoff-streamer:%s-r4" ' "$IMAGE_TAG" "$IMAGE_TAG"
 	printf 'HANDOFF_E2E_ARTIFACTS=%s' "$ARTIFACTS"
 }
 
@@ -188,7 +189,7 @@ fi
 begin images
 docker build -t "handoff:$IMAGE_TAG" "$ROOT"
 docker build --target streamer -t "handoff-streamer:$IMAGE_TAG" "$ROOT"
-docker tag "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-next"
+for tag in next r3 r4; do docker tag "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-$tag"; done
 
 # --- cluster
 begin cluster
@@ -217,7 +218,8 @@ CREATED=1 # from here on the exit trap deletes the cluster, even a half-created 
 # --- load
 begin load
 "$KIND" load docker-image --name "$KIND_CLUSTER" \
-	"handoff:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-next"
+	"handoff:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-next" \
+	"handoff-streamer:$IMAGE_TAG-r3" "handoff-streamer:$IMAGE_TAG-r4"
 
 # --- route
 begin route
@@ -234,6 +236,7 @@ export KUBECONFIG=$KCFG HANDOFF_E2E_HELM=$HELM HANDOFF_E2E_KUBECTL=$KUBECTL \
 	HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG \
 	HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:$IMAGE_TAG \
 	HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:$IMAGE_TAG-next \
+	HANDOFF_E2E_STREAMER_MORE="handoff-streamer:$IMAGE_TAG-r3 handoff-streamer:$IMAGE_TAG-r4" \
 	HANDOFF_E2E_ARTIFACTS=$ARTIFACTS
 log "$(env_line)"
 cd "$ROOT"

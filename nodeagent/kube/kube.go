@@ -354,6 +354,9 @@ func (r *Reconciler) awaitBackoff(ctx context.Context, mig *v1alpha1.Migration, 
 		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonDeadlineExceeded,
 			why+"; that is past the deadline, so nothing was moved: try again later, or with a longer timeout")
 	}
+	if r.Recorder != nil {
+		r.Recorder.Eventf(mig, nil, corev1.EventTypeNormal, v1alpha1.ReasonWaitingForRestartBackoff, "Restart", "%s", why)
+	}
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForRestartBackoff, why+"; the process serves on meanwhile"); err != nil {
 		return err
 	}

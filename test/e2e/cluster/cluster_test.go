@@ -14,6 +14,8 @@
 //	HANDOFF_E2E_IMAGE_TAG       ...and its tag
 //	HANDOFF_E2E_STREAMER_IMAGE  the example streamer's image
 //	HANDOFF_E2E_STREAMER_NEXT   a second tag of it, for the in-place update
+//	HANDOFF_E2E_STREAMER_MORE   two more tags of it, space-separated, for
+//	                            repeated in-place updates
 //	HANDOFF_E2E_ARTIFACTS       where to write dumps when a test fails
 //
 // The tests reach hostNetwork pods at the node's InternalIP and other pods
@@ -154,6 +156,7 @@ func TestCluster(t *testing.T) {
 	t.Run("Refused", s.testRefused)
 	t.Run("AdminOnlyFromAgent", s.testAdminOnlyFromAgent)
 	t.Run("DaemonSetSurge", s.testDaemonSetSurge)
+	t.Run("InPlaceRepeated", s.testInPlaceRepeated)
 	if !t.Failed() {
 		s.uninstall(t)
 	}
