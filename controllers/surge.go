@@ -147,6 +147,7 @@ func (r *SurgeReconciler) start(ctx context.Context, pod *corev1.Pod) error {
 	msg := fmt.Sprintf("Migration %s moves the sockets of pod %s (%s %s) on node %s to this pod", mig.Name, prev.Name, owner.Kind, owner.Name, pod.Spec.NodeName)
 	log.FromContext(ctx).Info("surge handoff started", "migration", mig.Name, "from", prev.Name)
 	r.event(pod, corev1.EventTypeNormal, v1alpha1.ReasonMigrating, msg)
+	r.workloadEvent(pod, corev1.EventTypeNormal, v1alpha1.ReasonMigrating, msg)
 	return r.setGate(ctx, pod, corev1.ConditionFalse, v1alpha1.ReasonMigrating, msg)
 }
 
@@ -161,6 +162,7 @@ func (r *SurgeReconciler) follow(ctx context.Context, pod *corev1.Pod, mig *v1al
 		}
 		msg := fmt.Sprintf("Migration %s moved every socket of pod %s to this pod%s", mig.Name, mig.Spec.Source.Pod, pause)
 		r.event(pod, corev1.EventTypeNormal, v1alpha1.ReasonMigrated, msg)
+		r.workloadEvent(pod, corev1.EventTypeNormal, v1alpha1.ReasonMigrated, msg)
 		return r.setGate(ctx, pod, corev1.ConditionTrue, v1alpha1.ReasonMigrated, msg)
 	case v1alpha1.PhaseFailed:
 		return r.failed(ctx, pod, mig)
@@ -182,10 +184,7 @@ func (r *SurgeReconciler) failed(ctx context.Context, pod *corev1.Pod, mig *v1al
 	msg := fmt.Sprintf("Migration %s failed (%s); pod %s serves on and the rollout waits (%s=%s). Fix the cause and delete this pod to try again, or set %s=%s on the workload to let the rollout replace the old pod without a handoff",
 		mig.Name, mig.Status.Message, mig.Spec.Source.Pod, v1alpha1.OnFailureAnnotation, policy, v1alpha1.OnFailureAnnotation, v1alpha1.OnFailureRecreate)
 	r.event(pod, corev1.EventTypeWarning, v1alpha1.ReasonMigrationFailed, msg)
-	if owner := metav1.GetControllerOf(pod); owner != nil && owner.Kind == "DaemonSet" {
-		ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: owner.Name, UID: owner.UID}}
-		r.event(ds, corev1.EventTypeWarning, v1alpha1.ReasonMigrationFailed, fmt.Sprintf("pod %s: %s", pod.Name, msg))
-	}
+	r.workloadEvent(pod, corev1.EventTypeWarning, v1alpha1.ReasonMigrationFailed, msg)
 	return r.setGate(ctx, pod, corev1.ConditionFalse, v1alpha1.ReasonMigrationFailed, msg)
 }
 
@@ -250,8 +249,14 @@ func (r *SurgeReconciler) setGate(ctx context.Context, pod *corev1.Pod, status c
 	return nil
 }
 
-func (r *SurgeReconciler) event(o client.Object, kind, reason, msg string) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(o, nil, kind, reason, "Rollout", "%s", msg)
+// workloadEvent records an Event about pod's DaemonSet, related to pod.
+func (r *SurgeReconciler) workloadEvent(pod *corev1.Pod, kind, reason, msg string) {
+	if owner := metav1.GetControllerOf(pod); owner != nil && owner.Kind == "DaemonSet" {
+		ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: owner.Name, UID: owner.UID}}
+		record(r.Recorder, ds, pod, kind, reason, fmt.Sprintf("pod %s: %s", pod.Name, msg))
 	}
+}
+
+func (r *SurgeReconciler) event(o client.Object, kind, reason, msg string) {
+	record(r.Recorder, o, nil, kind, reason, msg)
 }

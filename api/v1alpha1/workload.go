@@ -32,6 +32,40 @@ const (
 	OnFailureRecreate OnFailure = "Recreate"
 )
 
+// UpdateAnnotation, on a StatefulSet with updateStrategy OnDelete, hands
+// its rollouts to handoff: each pod whose template change is one of
+// images only is updated in place (its container restarts while the node
+// agent holds its sockets) from the highest ordinal down.
+const UpdateAnnotation = "handoff.dev/update"
+
+// UpdateMode is the value of UpdateAnnotation.
+type UpdateMode string
+
+const (
+	// InPlaceIfPossible updates in place what can be, and deletes the
+	// other pods so that the workload controller recreates them, as
+	// Kubernetes would without handoff.
+	InPlaceIfPossible UpdateMode = "InPlaceIfPossible"
+	// InPlaceOnly updates in place or not at all: the rollout stops at
+	// the first pod that cannot be, with an Event that says why.
+	InPlaceOnly UpdateMode = "InPlaceOnly"
+)
+
+// PartitionAnnotation: pods with an ordinal below it are not updated
+// (default 0), as spec.updateStrategy.rollingUpdate.partition does for
+// RollingUpdate.
+const PartitionAnnotation = "handoff.dev/partition"
+
+// MaxUnavailableAnnotation: how many pods may be unready or updating at
+// once (default 1).
+const MaxUnavailableAnnotation = "handoff.dev/max-unavailable"
+
+// AppliedAnnotation marks a rollout's Migration whose outcome the rollout
+// controller has applied to the pod (its revision label, or its
+// replacement), so that a later rollout to the same revision does not
+// mistake it for its own.
+const AppliedAnnotation = "handoff.dev/applied"
+
 // ConditionMigrated is the pod condition, and readiness gate, that a pod
 // of an opted-in workload waits for: True once its predecessor on the node
 // handed it every socket, or at once when it has no predecessor.
@@ -74,4 +108,14 @@ const (
 	// ReasonUnsupportedWorkload: the workload's spec cannot keep its
 	// connections through a rollout (the message says what to change).
 	ReasonUnsupportedWorkload = "UnsupportedWorkload"
+	// ReasonUpdatingInPlace: a pod's Migration with target.image runs.
+	ReasonUpdatingInPlace = "UpdatingInPlace"
+	// ReasonUpdatedInPlace: a pod was updated in place and now counts as
+	// of the update revision.
+	ReasonUpdatedInPlace = "UpdatedInPlace"
+	// ReasonNotInPlace: a pod cannot be updated in place (the message
+	// says why); InPlaceIfPossible deletes it, InPlaceOnly stops.
+	ReasonNotInPlace = "NotInPlace"
+	// ReasonRolloutDone: every pod is of the update revision.
+	ReasonRolloutDone = "RolloutDone"
 )

@@ -30,6 +30,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	ctrlzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
@@ -73,43 +75,54 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ctrl.SetLogger(logr.Discard())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runManager(ctx) }()
 	code := m.Run()
-	cancel()
-	if err := <-done; err != nil {
-		fmt.Fprintf(os.Stderr, "manager: %v\n", err)
-		code = 1
-	}
 	if err := env.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "stop envtest: %v\n", err)
 	}
 	os.Exit(code)
 }
 
-// runManager runs the surge controller and the DaemonSet checker as the
-// manager does.
-func runManager(ctx context.Context) error {
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: logr.Discard(),
-		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
-	if err != nil {
-		return err
-	}
-	if err := (&controllers.SurgeReconciler{}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-	if err := (&controllers.DaemonSetChecker{}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-	return mgr.Start(ctx)
-}
-
-func needAPIServer(t *testing.T) {
+// startManager runs the rollout controllers as the manager does, until
+// the returned stop is called or the test ends.
+func startManager(t *testing.T) (stop func()) {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
+	logger := logr.Discard() // HANDOFF_ITEST_LOG=1 shows the manager's log
+	if os.Getenv("HANDOFF_ITEST_LOG") != "" {
+		logger = ctrlzap.New(ctrlzap.WriteTo(os.Stderr), ctrlzap.UseDevMode(true))
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: logger,
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
+		// Each test runs a manager of its own, one after another.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
+		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{},
+	} {
+		if err := c.SetupWithManager(mgr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // namespace creates a namespace of the test's own.
@@ -264,7 +277,7 @@ func waitEvent(t *testing.T, ns, name string, says ...string) eventsv1.Event {
 // from it, and its gate opens when the Migration completes; the node
 // agent's answer to each pod's process agrees.
 func TestSurge(t *testing.T) {
-	needAPIServer(t)
+	startManager(t)
 	ns := namespace(t, "surge")
 	ds := daemonSet(t, ns, "streamer", nil)
 	pod(t, ds, "old", "node-a", nil)
@@ -297,7 +310,7 @@ func TestSurge(t *testing.T) {
 // (the default), with Events on the pod and the DaemonSet; Recreate opens
 // it.
 func TestSurgeFailure(t *testing.T) {
-	needAPIServer(t)
+	startManager(t)
 	ns := namespace(t, "surge-failure")
 	ds := daemonSet(t, ns, "streamer", nil)
 	pod(t, ds, "old", "node-a", nil)
@@ -326,7 +339,7 @@ func TestSurgeFailure(t *testing.T) {
 // TestDaemonSetRefusals: what cannot keep connections is named in a
 // Warning on the DaemonSet, and nothing is changed.
 func TestDaemonSetRefusals(t *testing.T) {
-	needAPIServer(t)
+	startManager(t)
 	ns := namespace(t, "refusals")
 	daemonSet(t, ns, "ports", func(ds *appsv1.DaemonSet) {
 		ds.Spec.Template.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}}

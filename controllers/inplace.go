@@ -1,0 +1,439 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/internal/workload"
+)
+
+// DefaultInPlaceTimeout is the timeout of each pod's in-place Migration:
+// the agent waits that long for the container's process to join, to
+// export, and for its successor to claim the sockets.
+const DefaultInPlaceTimeout = 2 * time.Minute
+
+// JoinGrace is how long a ready pod's Migration may wait for the
+// container's process to join the node agent before the rollout treats
+// the pod as one whose application does not speak the protocol.
+const JoinGrace = 15 * time.Second
+
+// InPlaceReconciler rolls opted-in StatefulSets out in place. A
+// StatefulSet with updateStrategy OnDelete and the handoff.dev/update
+// annotation is left alone by its own controller when its template
+// changes; this one then takes its pods from the highest ordinal down to
+// the partition, at most max-unavailable at a time: a pod whose change is
+// one of its application container's image gets a Migration with
+// target.image (its container restarts while the node agent holds its
+// sockets), and once that completes, the pod's controller-revision-hash
+// label moves to the update revision, so that the StatefulSet's status
+// counts it as updated. Other pods are deleted (InPlaceIfPossible), which
+// the StatefulSet controller answers with a pod of the update revision,
+// or stop the rollout (InPlaceOnly).
+type InPlaceReconciler struct {
+	Client client.Client
+	// Recorder records Events on the StatefulSet and its pods; nil
+	// records none.
+	Recorder events.EventRecorder
+	// Timeout of each pod's Migration; default DefaultInPlaceTimeout.
+	Timeout time.Duration
+}
+
+// +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=controllerrevisions,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=patch
+// +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=create;delete
+
+// SetupWithManager registers the reconciler for annotated StatefulSets,
+// their pods and the pods' Migrations.
+func (r *InPlaceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Client == nil {
+		r.Client = mgr.GetClient()
+	}
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder(Name)
+	}
+	annotated := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		_, ok := o.GetAnnotations()[v1alpha1.UpdateAnnotation]
+		return ok
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("inplace").
+		For(&appsv1.StatefulSet{}, builder.WithPredicates(annotated)).
+		Owns(&corev1.Pod{}).
+		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(r.workloadOfMigration)).
+		Complete(r)
+}
+
+// workloadOfMigration maps a rollout's Migration to its StatefulSet.
+func (r *InPlaceReconciler) workloadOfMigration(_ context.Context, o client.Object) []reconcile.Request {
+	l := o.GetLabels()
+	if l[v1alpha1.WorkloadKindLabel] != "StatefulSet" || l[v1alpha1.WorkloadLabel] == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[v1alpha1.WorkloadLabel]}}}
+}
+
+// rollout is one StatefulSet's in-place rollout as read at the start of a
+// reconcile.
+type rollout struct {
+	sts            *appsv1.StatefulSet
+	mode           v1alpha1.UpdateMode
+	update         string // the update revision's name
+	updateTemplate *corev1.PodTemplateSpec
+	partition      int
+	maxUnavailable int
+	pods           []*corev1.Pod // the StatefulSet's pods, highest ordinal first
+}
+
+// Reconcile moves one StatefulSet's rollout forward: check the spec →
+// read the revisions and pods → take each pod a step.
+func (r *InPlaceReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	sts := &appsv1.StatefulSet{}
+	if err := r.Client.Get(ctx, req.NamespacedName, sts); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	ro, problem := r.check(sts)
+	if problem != "" {
+		r.event(sts, nil, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
+		return reconcile.Result{}, nil
+	}
+	if sts.Status.UpdateRevision == "" || sts.Status.ObservedGeneration < sts.Generation {
+		return reconcile.Result{}, nil // the StatefulSet controller has not caught up
+	}
+	if err := r.load(ctx, ro); err != nil {
+		return reconcile.Result{}, err
+	}
+	return r.step(ctx, ro)
+}
+
+// check validates the StatefulSet's opt-in; a problem is a sentence that
+// says what to change.
+func (r *InPlaceReconciler) check(sts *appsv1.StatefulSet) (*rollout, string) {
+	ro := &rollout{sts: sts, mode: v1alpha1.UpdateMode(sts.Annotations[v1alpha1.UpdateAnnotation]), maxUnavailable: 1}
+	if ro.mode != v1alpha1.InPlaceIfPossible && ro.mode != v1alpha1.InPlaceOnly {
+		return nil, fmt.Sprintf("%s=%q is neither %s nor %s: nothing is updated in place", v1alpha1.UpdateAnnotation, ro.mode, v1alpha1.InPlaceIfPossible, v1alpha1.InPlaceOnly)
+	}
+	if sts.Spec.UpdateStrategy.Type != appsv1.OnDeleteStatefulSetStrategyType {
+		return nil, fmt.Sprintf("%s is set but updateStrategy.type is %q: set it to OnDelete, so that the StatefulSet controller leaves the pods to handoff (until then it replaces them itself)", v1alpha1.UpdateAnnotation, sts.Spec.UpdateStrategy.Type)
+	}
+	for _, a := range []struct {
+		key string
+		to  *int
+		min int
+	}{{v1alpha1.PartitionAnnotation, &ro.partition, 0}, {v1alpha1.MaxUnavailableAnnotation, &ro.maxUnavailable, 1}} {
+		if v, ok := sts.Annotations[a.key]; ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < a.min {
+				return nil, fmt.Sprintf("%s=%q is not a whole number of at least %d", a.key, v, a.min)
+			}
+			*a.to = n
+		}
+	}
+	return ro, ""
+}
+
+// load reads the update revision's template and the pods, highest
+// ordinal first.
+func (r *InPlaceReconciler) load(ctx context.Context, ro *rollout) error {
+	sts := ro.sts
+	ro.update = sts.Status.UpdateRevision
+	tpl, err := r.revisionTemplate(ctx, sts.Namespace, ro.update)
+	if err != nil {
+		return err
+	}
+	ro.updateTemplate = tpl
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(sts.Namespace)); err != nil {
+		return fmt.Errorf("list pods of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+	}
+	for i := range pods.Items {
+		if metav1.IsControlledBy(&pods.Items[i], sts) {
+			ro.pods = append(ro.pods, &pods.Items[i])
+		}
+	}
+	slices.SortFunc(ro.pods, func(a, b *corev1.Pod) int { return ordinal(b) - ordinal(a) })
+	return nil
+}
+
+// revisionTemplate decodes the pod template a StatefulSet's
+// ControllerRevision holds (a patch of the spec that replaces the
+// template).
+func (r *InPlaceReconciler) revisionTemplate(ctx context.Context, ns, name string) (*corev1.PodTemplateSpec, error) {
+	cr := &appsv1.ControllerRevision{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, cr); err != nil {
+		return nil, fmt.Errorf("get controllerrevision %s/%s: %w", ns, name, err)
+	}
+	var data struct {
+		Spec struct {
+			Template corev1.PodTemplateSpec `json:"template"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(cr.Data.Raw, &data); err != nil {
+		return nil, fmt.Errorf("decode the template of controllerrevision %s/%s: %w", ns, name, err)
+	}
+	return &data.Spec.Template, nil
+}
+
+// ordinal is a StatefulSet pod's ordinal, from its name.
+func ordinal(p *corev1.Pod) int {
+	n, err := strconv.Atoi(p.Name[strings.LastIndexByte(p.Name, '-')+1:])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// step takes each pod, highest ordinal first, one step: apply the outcome
+// of its Migration, or start one while fewer than maxUnavailable pods are
+// unready or updating.
+func (r *InPlaceReconciler) step(ctx context.Context, ro *rollout) (reconcile.Result, error) {
+	type todo struct {
+		pod *corev1.Pod
+		mig *v1alpha1.Migration // nil before it has one
+	}
+	var pods []todo
+	busy := 0
+	for _, p := range ro.pods {
+		if p.DeletionTimestamp != nil || !podReady(p) {
+			busy++
+		}
+		if ordinal(p) < ro.partition || p.Labels[appsv1.StatefulSetRevisionLabel] == ro.update || p.DeletionTimestamp != nil {
+			continue
+		}
+		mig := &v1alpha1.Migration{}
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: r.migrationName(ro, p)}, mig)
+		switch {
+		case apierrors.IsNotFound(err):
+			mig = nil
+		case err != nil:
+			return reconcile.Result{}, fmt.Errorf("get migration %s/%s: %w", p.Namespace, r.migrationName(ro, p), err)
+		case mig.Annotations[v1alpha1.AppliedAnnotation] == "true":
+			// An earlier rollout's, to the same revision: this
+			// rollout needs one of its own.
+			if err := r.Client.Delete(ctx, mig); client.IgnoreNotFound(err) != nil {
+				return reconcile.Result{}, fmt.Errorf("delete migration %s/%s of an earlier rollout: %w", mig.Namespace, mig.Name, err)
+			}
+			return reconcile.Result{Requeue: true}, nil
+		case !mig.Status.Phase.Final() && podReady(p):
+			busy++
+		}
+		pods = append(pods, todo{p, mig})
+	}
+	res := reconcile.Result{}
+	for _, t := range pods {
+		var stop bool
+		var err error
+		if t.mig != nil && !t.mig.Status.Phase.Final() {
+			// Looked at again in case its process never joins.
+			res.RequeueAfter = JoinGrace / 3
+		}
+		switch {
+		case t.mig != nil:
+			stop, err = r.follow(ctx, ro, t.pod, t.mig)
+		case busy < ro.maxUnavailable && podReady(t.pod):
+			busy++
+			stop, err = r.start(ctx, ro, t.pod)
+		}
+		if err != nil || stop {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// migrationName names the Migration that updates pod p to the update
+// revision: the pod and the revision's hash.
+func (r *InPlaceReconciler) migrationName(ro *rollout, p *corev1.Pod) string {
+	return p.Name + "-" + strings.TrimPrefix(ro.update, ro.sts.Name+"-")
+}
+
+// follow applies the outcome of pod p's Migration once it has one. stop
+// says the rollout goes no further now.
+func (r *InPlaceReconciler) follow(ctx context.Context, ro *rollout, p *corev1.Pod, mig *v1alpha1.Migration) (stop bool, err error) {
+	switch mig.Status.Phase {
+	case v1alpha1.PhaseCompleted:
+		if err := r.markApplied(ctx, mig); err != nil {
+			return false, err
+		}
+		orig := p.DeepCopy()
+		p.Labels[appsv1.StatefulSetRevisionLabel] = ro.update
+		if err := r.Client.Patch(ctx, p, client.MergeFrom(orig), client.FieldOwner(v1alpha1.ControllerFieldManager)); err != nil {
+			return false, fmt.Errorf("move pod %s/%s to revision %s: %w", p.Namespace, p.Name, ro.update, err)
+		}
+		pause := ""
+		if mig.Status.Pause != nil {
+			pause = "; pause " + mig.Status.Pause.Duration.Round(time.Millisecond).String()
+		}
+		r.event(ro.sts, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatedInPlace, fmt.Sprintf("pod %s updated in place to revision %s by Migration %s%s", p.Name, ro.update, mig.Name, pause))
+		log.FromContext(ctx).Info("pod updated in place", "pod", p.Name, "revision", ro.update, "migration", mig.Name)
+		return false, nil
+	case v1alpha1.PhaseFailed:
+		return r.notInPlace(ctx, ro, p, mig, fmt.Sprintf("its Migration %s failed: %s", mig.Name, mig.Status.Message))
+	}
+	if c := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred); c != nil &&
+		c.Reason == v1alpha1.ReasonWaitingForProcesses && time.Since(mig.CreationTimestamp.Time) > JoinGrace {
+		return r.notInPlace(ctx, ro, p, mig, fmt.Sprintf("no process of it joined the node agent within %v (does the application link the handoff SDK?)", JoinGrace))
+	}
+	return false, nil
+}
+
+// start creates pod p's Migration, or handles a pod whose change is not
+// one of images.
+func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Pod) (stop bool, err error) {
+	container, image, why := r.eligible(ctx, ro, p)
+	if why != "" {
+		return r.notInPlace(ctx, ro, p, nil, why)
+	}
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultInPlaceTimeout
+	}
+	mig := &v1alpha1.Migration{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: p.Namespace, Name: r.migrationName(ro, p),
+			Labels: map[string]string{
+				v1alpha1.WorkloadLabel: ro.sts.Name, v1alpha1.WorkloadKindLabel: "StatefulSet",
+				v1alpha1.RevisionLabel: strings.TrimPrefix(ro.update, ro.sts.Name+"-"),
+			},
+		},
+		Spec: v1alpha1.MigrationSpec{
+			Source:  v1alpha1.Endpoint{Pod: p.Name, Container: container},
+			Target:  v1alpha1.TargetEndpoint{Endpoint: v1alpha1.Endpoint{Pod: p.Name, Container: container}, Image: image},
+			Timeout: &metav1.Duration{Duration: timeout},
+		},
+	}
+	if err := ctrl.SetControllerReference(p, mig, r.Client.Scheme()); err != nil {
+		return false, fmt.Errorf("own migration %s/%s by pod %s: %w", mig.Namespace, mig.Name, p.Name, err)
+	}
+	if err := r.Client.Create(ctx, mig); err != nil && !apierrors.IsAlreadyExists(err) {
+		return false, fmt.Errorf("create migration %s/%s: %w", mig.Namespace, mig.Name, err)
+	}
+	r.event(ro.sts, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatingInPlace,
+		fmt.Sprintf("pod %s: Migration %s restarts container %s with image %s while the node agent holds its sockets", p.Name, mig.Name, container, image))
+	return false, nil
+}
+
+// eligible says whether pod p can move to the update revision by changing
+// its application container's image alone (OpenKruise's rule for in-place
+// updates), and which container and image; else why not.
+func (r *InPlaceReconciler) eligible(ctx context.Context, ro *rollout, p *corev1.Pod) (container, image, why string) {
+	container, ok := workload.AppContainer(p)
+	if !ok {
+		return "", "", fmt.Sprintf("it has %d containers and no %s annotation naming one of them", len(p.Spec.Containers), v1alpha1.ContainerAnnotation)
+	}
+	from, err := r.revisionTemplate(ctx, p.Namespace, p.Labels[appsv1.StatefulSetRevisionLabel])
+	if err != nil {
+		return "", "", fmt.Sprintf("its revision %q cannot be read (%v)", p.Labels[appsv1.StatefulSetRevisionLabel], err)
+	}
+	to := ro.updateTemplate
+	if len(from.Spec.Containers) != len(to.Spec.Containers) {
+		return "", "", "the update changes its containers, not only an image"
+	}
+	changed := from.DeepCopy()
+	for i := range changed.Spec.Containers {
+		changed.Spec.Containers[i].Image = to.Spec.Containers[i].Image
+		if from.Spec.Containers[i].Image == to.Spec.Containers[i].Image {
+			continue
+		}
+		if to.Spec.Containers[i].Name != container {
+			return "", "", fmt.Sprintf("the update changes the image of container %s, which is not the application's (%s)", to.Spec.Containers[i].Name, container)
+		}
+		image = to.Spec.Containers[i].Image
+	}
+	if !equality.Semantic.DeepEqual(changed, to) {
+		return "", "", "the update changes more of the pod template than an image"
+	}
+	if image == "" {
+		return "", "", "the update changes nothing of the pod template handoff can apply in place"
+	}
+	return container, image, ""
+}
+
+// notInPlace handles a pod that cannot be updated in place: deleted under
+// InPlaceIfPossible (the StatefulSet controller recreates it at the update
+// revision), the rollout stopped under InPlaceOnly.
+func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *corev1.Pod, mig *v1alpha1.Migration, why string) (stop bool, err error) {
+	if ro.mode == v1alpha1.InPlaceOnly {
+		r.event(ro.sts, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace, fmt.Sprintf("pod %s cannot be updated in place: %s; %s=%s, so the rollout stops here. Set %s or roll back the template", p.Name, why, v1alpha1.UpdateAnnotation, ro.mode, v1alpha1.InPlaceIfPossible))
+		return true, nil
+	}
+	if mig != nil {
+		if err := r.markApplied(ctx, mig); err != nil {
+			return false, err
+		}
+	}
+	r.event(ro.sts, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace,
+		fmt.Sprintf("pod %s cannot be updated in place: %s; deleting it so that the StatefulSet controller recreates it at revision %s (its clients are disconnected)", p.Name, why, ro.update))
+	if err := r.Client.Delete(ctx, p, client.Preconditions{UID: &p.UID}); client.IgnoreNotFound(err) != nil {
+		return false, fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return true, nil
+}
+
+// markApplied marks a Migration whose outcome the rollout applied.
+func (r *InPlaceReconciler) markApplied(ctx context.Context, mig *v1alpha1.Migration) error {
+	if mig.Annotations[v1alpha1.AppliedAnnotation] == "true" {
+		return nil
+	}
+	orig := mig.DeepCopy()
+	if mig.Annotations == nil {
+		mig.Annotations = map[string]string{}
+	}
+	mig.Annotations[v1alpha1.AppliedAnnotation] = "true"
+	if err := r.Client.Patch(ctx, mig, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("mark migration %s/%s applied: %w", mig.Namespace, mig.Name, err)
+	}
+	return nil
+}
+
+func (r *InPlaceReconciler) event(o client.Object, related *corev1.Pod, kind, reason, msg string) {
+	record(r.Recorder, o, related, kind, reason, msg)
+}
+
+// record records an Event about o, related to a pod when there is one: a
+// workload's Events about different pods then stay apart (the recorder
+// merges Events with the same object, reason and related object into one
+// series, keeping only the first note).
+func record(rec events.EventRecorder, o client.Object, related *corev1.Pod, kind, reason, msg string) {
+	if rec == nil {
+		return
+	}
+	var rel runtime.Object
+	if related != nil {
+		rel = related
+	}
+	rec.Eventf(o, rel, kind, reason, "Rollout", "%s", msg)
+}
+
+// podReady reports whether the pod's Ready condition is True.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,282 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/handoff-dev/handoff/api/v1alpha1"
+)
+
+// sts is a StatefulSet as its controller, kubelet and the pods' owners
+// would leave it, written by hand: the test plays the StatefulSet
+// controller (revisions, status, pods) and kubelet (readiness).
+type sts struct {
+	t   *testing.T
+	obj *appsv1.StatefulSet
+}
+
+// template is the StatefulSet's pod template with the given image and
+// env value.
+func template(image, env string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "streamer", Image: image,
+			Env: []corev1.EnvVar{{Name: "MODE", Value: env}}}}},
+	}
+}
+
+// newSTS creates a StatefulSet of replicas pods at revision "web-r1"
+// (template image "streamer:1"), all ready, with the given annotations.
+func newSTS(t *testing.T, ns string, replicas int, annotations map[string]string) *sts {
+	t.Helper()
+	ctx := context.Background()
+	s := &sts{t: t, obj: &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web", Annotations: annotations},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:       ptr.To(int32(replicas)),
+			Selector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			UpdateStrategy: appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType},
+			Template:       template("streamer:1", "a"),
+		},
+	}}
+	if err := k8s.Create(ctx, s.obj); err != nil {
+		t.Fatalf("create statefulset: %v", err)
+	}
+	s.revision("web-r1", s.obj.Spec.Template)
+	for i := range replicas {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("web-%d", i),
+				Labels: map[string]string{"app": "web", appsv1.StatefulSetRevisionLabel: "web-r1"}},
+			Spec: *s.obj.Spec.Template.Spec.DeepCopy(),
+		}
+		p.Spec.NodeName = "node-a"
+		if err := ctrl.SetControllerReference(s.obj, p, scheme); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, p); err != nil {
+			t.Fatalf("create pod %s: %v", p.Name, err)
+		}
+		orig := p.DeepCopy()
+		p.Status.Phase = corev1.PodRunning
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		if err := k8s.Status().Patch(ctx, p, client.MergeFrom(orig)); err != nil {
+			t.Fatalf("set pod %s ready: %v", p.Name, err)
+		}
+	}
+	s.status("web-r1")
+	return s
+}
+
+// revision writes a ControllerRevision holding tpl, as the StatefulSet
+// controller does.
+func (s *sts) revision(name string, tpl corev1.PodTemplateSpec) {
+	s.t.Helper()
+	raw, err := json.Marshal(map[string]any{"spec": map[string]any{"template": tpl}})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cr := &appsv1.ControllerRevision{ObjectMeta: metav1.ObjectMeta{Namespace: s.obj.Namespace, Name: name},
+		Data: runtime.RawExtension{Raw: raw}, Revision: 1}
+	if err := ctrl.SetControllerReference(s.obj, cr, scheme); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := k8s.Create(context.Background(), cr); err != nil {
+		s.t.Fatalf("create controllerrevision %s: %v", name, err)
+	}
+}
+
+// status writes the StatefulSet's status with update revision rev.
+func (s *sts) status(rev string) {
+	s.t.Helper()
+	ctx := context.Background()
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(s.obj), s.obj); err != nil {
+		s.t.Fatal(err)
+	}
+	s.obj.Status = appsv1.StatefulSetStatus{ObservedGeneration: s.obj.Generation, Replicas: *s.obj.Spec.Replicas,
+		CurrentRevision: "web-r1", UpdateRevision: rev}
+	if err := k8s.Status().Update(ctx, s.obj); err != nil {
+		s.t.Fatalf("statefulset status: %v", err)
+	}
+}
+
+// update changes the template as kubectl set image (or another edit)
+// would, and plays the StatefulSet controller's part: a new revision and
+// the status naming it.
+func (s *sts) update(rev string, tpl corev1.PodTemplateSpec) {
+	s.t.Helper()
+	ctx := context.Background()
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(s.obj), s.obj); err != nil {
+		s.t.Fatal(err)
+	}
+	s.obj.Spec.Template = tpl
+	if err := k8s.Update(ctx, s.obj); err != nil {
+		s.t.Fatalf("update statefulset: %v", err)
+	}
+	// The revision holds the template as the API server defaulted it.
+	s.revision(rev, s.obj.Spec.Template)
+	s.status(rev)
+}
+
+// migrationOf waits for the rollout's Migration of pod to revision rev.
+func migrationOf(t *testing.T, ns, pod, rev string) *v1alpha1.Migration {
+	t.Helper()
+	return waitMigration(t, ns, pod+"-"+strings.TrimPrefix(rev, "web-"))
+}
+
+// noMigration checks that pod has no Migration to rev right now.
+func noMigration(t *testing.T, ns, pod, rev string) {
+	t.Helper()
+	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: pod + "-" + strings.TrimPrefix(rev, "web-")}, &v1alpha1.Migration{})
+	if !apierrors.IsNotFound(err) {
+		t.Fatalf("pod %s has a Migration to %s (%v); want none yet", pod, rev, err)
+	}
+}
+
+// waitRevision waits until pod's revision label is rev.
+func waitRevision(t *testing.T, ns, pod, rev string) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		p := &corev1.Pod{}
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: pod}, p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Labels[appsv1.StatefulSetRevisionLabel] == rev {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s stays at revision %s; want %s", pod, p.Labels[appsv1.StatefulSetRevisionLabel], rev)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+	}
+}
+
+// TestInPlaceOrder: an image-only change rolls out one pod at a time from
+// the highest ordinal down to the partition, each through a Migration
+// with target.image, each pod's revision label moving when its Migration
+// completes; a manager restart mid-rollout resumes from the objects.
+func TestInPlaceOrder(t *testing.T) {
+	stop := startManager(t)
+	ns := namespace(t, "inplace-order")
+	s := newSTS(t, ns, 3, map[string]string{v1alpha1.UpdateAnnotation: string(v1alpha1.InPlaceIfPossible), v1alpha1.PartitionAnnotation: "1"})
+	s.update("web-r2", template("streamer:2", "a"))
+
+	m := migrationOf(t, ns, "web-2", "web-r2")
+	if m.Spec.Target.Image != "streamer:2" || m.Spec.Source.Pod != "web-2" || m.Spec.Target.Pod != "web-2" || m.Spec.Target.Container != "streamer" {
+		t.Fatalf("migration spec %+v; want web-2/streamer restarted in place with streamer:2", m.Spec)
+	}
+	if m.Labels[v1alpha1.WorkloadLabel] != "web" || m.Labels[v1alpha1.WorkloadKindLabel] != "StatefulSet" {
+		t.Fatalf("migration labels %v", m.Labels)
+	}
+	noMigration(t, ns, "web-1", "web-r2") // max-unavailable 1
+
+	// The manager goes away mid-rollout; its successor resumes.
+	stop()
+	finish(t, m, v1alpha1.PhaseCompleted, "restarted")
+	startManager(t)
+	waitRevision(t, ns, "web-2", "web-r2")
+	m = migrationOf(t, ns, "web-1", "web-r2")
+	finish(t, m, v1alpha1.PhaseCompleted, "restarted")
+	waitRevision(t, ns, "web-1", "web-r2")
+	waitEvent(t, ns, "web", "pod web-1 updated in place to revision web-r2")
+	// web-0 is below the partition.
+	noMigration(t, ns, "web-0", "web-r2")
+}
+
+// TestInPlaceNotImageOnly: a change beyond an image is not made in place:
+// InPlaceIfPossible deletes the pod (its controller recreates it),
+// InPlaceOnly stops with a Warning and changes nothing.
+func TestInPlaceNotImageOnly(t *testing.T) {
+	startManager(t)
+	for _, mode := range []v1alpha1.UpdateMode{v1alpha1.InPlaceIfPossible, v1alpha1.InPlaceOnly} {
+		t.Run(string(mode), func(t *testing.T) {
+			ns := namespace(t, "not-image-only-"+strings.ToLower(string(mode)))
+			s := newSTS(t, ns, 1, map[string]string{v1alpha1.UpdateAnnotation: string(mode)})
+			s.update("web-r2", template("streamer:2", "b"))
+			waitEvent(t, ns, "web", "pod web-0 cannot be updated in place", "more of the pod template than an image")
+			p := &corev1.Pod{}
+			err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p)
+			deleted := apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil
+			if deleted != (mode == v1alpha1.InPlaceIfPossible) {
+				t.Fatalf("pod web-0 deleted: %v (%v); want %v under %s", deleted, err, mode == v1alpha1.InPlaceIfPossible, mode)
+			}
+			noMigration(t, ns, "web-0", "web-r2")
+		})
+	}
+}
+
+// TestInPlaceBadInput: each mistake is a Warning on the StatefulSet that
+// says what to change, and nothing is touched.
+func TestInPlaceBadInput(t *testing.T) {
+	startManager(t)
+	for _, c := range []struct {
+		name        string
+		annotations map[string]string
+		strategy    appsv1.StatefulSetUpdateStrategyType
+		says        string
+	}{
+		{"unknown-mode", map[string]string{v1alpha1.UpdateAnnotation: "Sometimes"}, appsv1.OnDeleteStatefulSetStrategyType, `"Sometimes" is neither InPlaceIfPossible nor InPlaceOnly`},
+		{"rolling", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly"}, appsv1.RollingUpdateStatefulSetStrategyType, "set it to OnDelete"},
+		{"bad-partition", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly", v1alpha1.PartitionAnnotation: "-2"}, appsv1.OnDeleteStatefulSetStrategyType, "not a whole number"},
+		{"bad-container", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly"}, appsv1.OnDeleteStatefulSetStrategyType, "no handoff.dev/container annotation naming one"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := namespace(t, "bad-"+c.name)
+			s := newSTS(t, ns, 1, c.annotations)
+			tpl := template("streamer:2", "a")
+			if c.name == "bad-container" {
+				// Two containers now, and no annotation: which one is
+				// the application's?
+				s.obj.Spec.Template.Spec.Containers = append(s.obj.Spec.Template.Spec.Containers, corev1.Container{Name: "sidecar", Image: "side:1"})
+				tpl.Spec.Containers = append(tpl.Spec.Containers, corev1.Container{Name: "sidecar", Image: "side:1"})
+				p := &corev1.Pod{}
+				if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p); err != nil {
+					t.Fatal(err)
+				}
+				if err := k8s.Delete(context.Background(), p, client.GracePeriodSeconds(0)); err != nil {
+					t.Fatal(err)
+				}
+				p2 := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-0", Labels: p.Labels, OwnerReferences: p.OwnerReferences},
+					Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "streamer", Image: "streamer:1"}, {Name: "sidecar", Image: "side:1"}}}}
+				if err := k8s.Create(context.Background(), p2); err != nil {
+					t.Fatal(err)
+				}
+				orig := p2.DeepCopy()
+				p2.Status.Phase = corev1.PodRunning
+				p2.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+				if err := k8s.Status().Patch(context.Background(), p2, client.MergeFrom(orig)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.strategy != appsv1.OnDeleteStatefulSetStrategyType {
+				if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(s.obj), s.obj); err != nil {
+					t.Fatal(err)
+				}
+				s.obj.Spec.UpdateStrategy = appsv1.StatefulSetUpdateStrategy{Type: c.strategy}
+				if err := k8s.Update(context.Background(), s.obj); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.update("web-r2", tpl)
+			waitEvent(t, ns, "web", c.says)
+			noMigration(t, ns, "web-0", "web-r2")
+			p := &corev1.Pod{}
+			if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p); err != nil || p.DeletionTimestamp != nil {
+				t.Fatalf("pod web-0 after the warning: %v, deleting %v; want it untouched", err, p.DeletionTimestamp)
+			}
+		})
+	}
+}
