@@ -1,7 +1,8 @@
 // Command manager is the handoff controller manager: it runs the
 // cluster-wide Migration reconciler (validation, scheduling to a node,
 // deadlines, the source policy) in the usual controller-runtime shape, with
-// leader election for more than one replica.
+// leader election for more than one replica, and on every replica the
+// webhook that injects the node agent's socket into opted-in pods.
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
 	"github.com/handoff-dev/handoff/controllers"
@@ -30,6 +32,8 @@ func main() {
 		agentSel    = flag.String("agent-selector", "app.kubernetes.io/name=handoff,app.kubernetes.io/component=nodeagent", "label selector of the node agent's pods: a Migration on a node without a running one fails with AgentUnavailable (empty: wait for the deadline instead)")
 		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded, and after scheduling for an agent pod to run on the node")
 	)
+	var wh webhookOptions
+	wh.bindFlags(flag.CommandLine)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -45,6 +49,11 @@ func main() {
 		log.Error(err, "register handoff types")
 		os.Exit(1)
 	}
+	whOpts, rotator, err := wh.server()
+	if err != nil {
+		log.Error(err, "configure the webhook")
+		os.Exit(2)
+	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
@@ -53,6 +62,7 @@ func main() {
 		LeaderElectionID:        "manager.handoff.dev",
 		LeaderElectionNamespace: *leaderNS,
 		GracefulShutdownTimeout: ptr(30 * time.Second),
+		WebhookServer:           webhook.NewServer(whOpts),
 	})
 	if err != nil {
 		log.Error(err, "create manager")
@@ -70,6 +80,10 @@ func main() {
 	}
 	if err := rec.SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "set up the migration controller")
+		os.Exit(1)
+	}
+	if err := wh.setup(mgr, rotator); err != nil {
+		log.Error(err, "set up the webhook")
 		os.Exit(1)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
