@@ -33,7 +33,7 @@ func main() {
 		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded, and after scheduling for an agent pod to run on the node")
 	)
 	var wh webhookOptions
-	wh.bindFlags(flag.CommandLine)
+	wh.bindFlags()
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()

@@ -28,15 +28,15 @@ type webhookOptions struct {
 	socketGroup   int64
 }
 
-func (o *webhookOptions) bindFlags(fs *flag.FlagSet) {
-	fs.IntVar(&o.port, "webhook-port", 9443, "port of the pod-injection webhook (HTTPS, every replica); 0 turns the webhook off")
-	fs.StringVar(&o.certDir, "webhook-cert-dir", "", "directory with the webhook's tls.crt and tls.key (e.g. from cert-manager), reloaded when they change; empty: the manager issues its own into --webhook-cert-secret and patches the caBundle of --webhook-configuration")
-	fs.StringVar(&o.secret, "webhook-cert-secret", "handoff-webhook-cert", "Secret, in the manager's namespace, holding the webhook's self-signed CA and serving certificate")
-	fs.StringVar(&o.service, "webhook-service", "handoff-webhook", "Service in front of the webhook, in the manager's namespace: the certificate is issued for <service>.<namespace>.svc")
-	fs.StringVar(&o.namespace, "webhook-namespace", "", "namespace of the Secret and the Service (default: the pod's own, from its service account)")
-	fs.StringVar(&o.configuration, "webhook-configuration", "handoff-webhook", "MutatingWebhookConfiguration whose caBundle the manager keeps")
-	fs.StringVar(&o.socketDir, "socket-dir", "/run/handoff", "host directory of the node agent's socket, injected into opted-in pods (the agent's socket is <dir>/agent.sock)")
-	fs.Int64Var(&o.socketGroup, "socket-group", 0, "group of the node agent's socket, injected into opted-in pods' supplementalGroups")
+func (o *webhookOptions) bindFlags() {
+	flag.IntVar(&o.port, "webhook-port", 9443, "port of the pod-injection webhook (HTTPS, every replica); 0 turns the webhook off")
+	flag.StringVar(&o.certDir, "webhook-cert-dir", "", "directory with the webhook's tls.crt and tls.key (e.g. from cert-manager), reloaded when they change; empty: the manager issues its own into --webhook-cert-secret and patches the caBundle of --webhook-configuration")
+	flag.StringVar(&o.secret, "webhook-cert-secret", "handoff-webhook-cert", "Secret, in the manager's namespace, holding the webhook's self-signed CA and serving certificate")
+	flag.StringVar(&o.service, "webhook-service", "handoff-webhook", "Service in front of the webhook, in the manager's namespace: the certificate is issued for <service>.<namespace>.svc")
+	flag.StringVar(&o.namespace, "webhook-namespace", "", "namespace of the Secret and the Service (default: the pod's own, from its service account)")
+	flag.StringVar(&o.configuration, "webhook-configuration", "handoff-webhook", "MutatingWebhookConfiguration whose caBundle the manager keeps")
+	flag.StringVar(&o.socketDir, "socket-dir", "/run/handoff", "host directory of the node agent's socket, injected into opted-in pods (the agent's socket is <dir>/agent.sock)")
+	flag.Int64Var(&o.socketGroup, "socket-group", 0, "group of the node agent's socket, injected into opted-in pods' supplementalGroups")
 }
 
 // server returns the webhook server's options, and the Rotator that
