@@ -15,6 +15,11 @@ const EnabledLabel = "handoff.dev/enabled"
 // several (default: the only container).
 const ContainerAnnotation = "handoff.dev/container"
 
+// InjectedAnnotation is set by the webhook on the pods it changed: the
+// application's container and what was added to the pod, e.g.
+// "streamer: volume,mount,env,group,gate".
+const InjectedAnnotation = "handoff.dev/injected"
+
 // OnFailureAnnotation says what a rollout does when a pod's handoff fails:
 // OnFailurePause (the default) or OnFailureRecreate.
 const OnFailureAnnotation = "handoff.dev/on-failure"

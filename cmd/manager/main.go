@@ -2,8 +2,10 @@
 // cluster-wide Migration reconciler (validation, scheduling to a node,
 // deadlines, the source policy) and the rollout controllers of opted-in
 // workloads (the DaemonSet surge: one Migration per new pod, whose
-// readiness gate opens when it completes) in the usual controller-runtime
-// shape, with leader election for more than one replica.
+// readiness gate opens when it completes; StatefulSets updated in place)
+// in the usual controller-runtime shape, with leader election for more
+// than one replica, and on every replica the webhook that injects the
+// node agent's socket into opted-in pods.
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
 	"github.com/handoff-dev/handoff/controllers"
@@ -32,6 +35,8 @@ func main() {
 		agentSel    = flag.String("agent-selector", "app.kubernetes.io/name=handoff,app.kubernetes.io/component=nodeagent", "label selector of the node agent's pods: a Migration on a node without a running one fails with AgentUnavailable (empty: wait for the deadline instead)")
 		grace       = flag.Duration("agent-grace", controllers.DefaultAgentGrace, "how long past a Migration's deadline to wait for the node agent's own report before declaring DeadlineExceeded, and after scheduling for an agent pod to run on the node")
 	)
+	var wh webhookOptions
+	wh.bindFlags()
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -47,6 +52,11 @@ func main() {
 		log.Error(err, "register handoff types")
 		os.Exit(1)
 	}
+	whOpts, rotator, err := wh.server()
+	if err != nil {
+		log.Error(err, "configure the webhook")
+		os.Exit(2)
+	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
@@ -55,6 +65,7 @@ func main() {
 		LeaderElectionID:        "manager.handoff.dev",
 		LeaderElectionNamespace: *leaderNS,
 		GracefulShutdownTimeout: ptr(30 * time.Second),
+		WebhookServer:           webhook.NewServer(whOpts),
 	})
 	if err != nil {
 		log.Error(err, "create manager")
@@ -84,6 +95,10 @@ func main() {
 	}
 	if err := (&controllers.DaemonSetChecker{}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up the DaemonSet checker")
+		os.Exit(1)
+	}
+	if err := wh.setup(mgr, rotator); err != nil {
+		log.Error(err, "set up the webhook")
 		os.Exit(1)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

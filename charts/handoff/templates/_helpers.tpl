@@ -83,3 +83,15 @@ Service account names.
 {{- default "default" .Values.nodeAgent.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+Name of the webhook's Service and MutatingWebhookConfiguration, and of the
+Secret with its serving certificate.
+*/}}
+{{- define "handoff.webhook.name" -}}
+{{- printf "%s-webhook" (include "handoff.fullname" .) }}
+{{- end }}
+
+{{- define "handoff.webhook.certSecret" -}}
+{{- printf "%s-webhook-cert" (include "handoff.fullname" .) }}
+{{- end }}

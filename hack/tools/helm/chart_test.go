@@ -9,8 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
@@ -29,7 +31,7 @@ func TestChartDefaults(t *testing.T) {
 	checkImages(t, objs, "0.1.0") // the chart's appVersion
 
 	for _, o := range objs {
-		namespaced := !slices.Contains([]string{"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}, o.Kind)
+		namespaced := !slices.Contains([]string{"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}, o.Kind)
 		if namespaced && o.Namespace != "handoff-system" {
 			t.Errorf("%s is in namespace %q, want the release's", o.key(), o.Namespace)
 		}
@@ -122,6 +124,8 @@ func TestChartLintStrict(t *testing.T) {
 		nil,
 		{"crds.enabled=false", "rbac.create=false", "metrics.enabled=false", "manager.leaderElect=false"},
 		{"image.pullSecrets[0]=regcred", "manager.extraArgs[0]=--zap-log-level=debug", "nodeAgent.priorityClassName=system-node-critical"},
+		{"webhook.enabled=false"},
+		{"webhook.certManager.enabled=true", "webhook.port=10250", "webhook.timeoutSeconds=10"},
 	} {
 		msgs, err := lintChart(renderOptions{Chart: chartDir(), Values: values(t, sets...)})
 		if err != nil {
@@ -159,8 +163,10 @@ func TestChartRBACDisabled(t *testing.T) {
 
 func TestChartMetricsDisabled(t *testing.T) {
 	objs := renderDefault(t, "metrics.enabled=false")
-	if n := len(kinds(objs, "Service")); n != 0 {
-		t.Errorf("metrics.enabled=false renders %d Services", n)
+	for _, s := range kinds(objs, "Service") {
+		if strings.HasSuffix(s.Name, "-metrics") {
+			t.Errorf("metrics.enabled=false renders Service %s", s.Name)
+		}
 	}
 	var d appsv1.Deployment
 	mustFind(t, objs, "Deployment", "handoff-manager").decode(t, &d)
@@ -285,13 +291,26 @@ func TestChartMatchesKustomize(t *testing.T) {
 		t.Errorf("node agent update strategy: chart %+v, kustomize %+v", cds.Spec.UpdateStrategy, kds.Spec.UpdateStrategy)
 	}
 
-	for _, name := range []string{"handoff-manager-metrics", "handoff-nodeagent-metrics"} {
+	for _, name := range []string{"handoff-manager-metrics", "handoff-nodeagent-metrics", "handoff-webhook"} {
 		var cs, ks corev1.Service
 		mustFind(t, chart, "Service", name).decode(t, &cs)
 		mustFind(t, kust, "Service", name).decode(t, &ks)
 		if !semanticEqual(cs.Spec.Ports, ks.Spec.Ports) || cs.Spec.ClusterIP != ks.Spec.ClusterIP {
 			t.Errorf("Service %s: chart %s\nkustomize %s", name, asYAML(cs.Spec), asYAML(ks.Spec))
 		}
+	}
+
+	var cw, kw admissionregistrationv1.MutatingWebhookConfiguration
+	mustFind(t, chart, "MutatingWebhookConfiguration", "handoff-webhook").decode(t, &cw)
+	mustFind(t, kust, "MutatingWebhookConfiguration", "handoff-webhook").decode(t, &kw)
+	if !semanticEqual(cw.Webhooks, kw.Webhooks) {
+		t.Errorf("webhook entries: chart\n%s\nkustomize\n%s", asYAML(cw.Webhooks), asYAML(kw.Webhooks))
+	}
+	var cr, kr rbacv1.Role
+	mustFind(t, chart, "Role", "handoff-manager-webhook-cert").decode(t, &cr)
+	mustFind(t, kust, "Role", "handoff-manager-webhook-cert").decode(t, &kr)
+	if !semanticEqual(cr.Rules, kr.Rules) {
+		t.Errorf("webhook certificate Role: chart\n%s\nkustomize\n%s", asYAML(cr.Rules), asYAML(kr.Rules))
 	}
 
 	var cc, kc apiextensionsv1.CustomResourceDefinition

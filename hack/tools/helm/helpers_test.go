@@ -234,7 +234,7 @@ func checkSelector(t *testing.T, what string, sel map[string]string, podLabels m
 
 // checkManager asserts what the brief and cmd/manager require of the
 // manager Deployment; extraArgs are the args expected after the three
-// every install passes.
+// every install passes and the webhook's (defaultWebhookArgs).
 func checkManager(t *testing.T, d appsv1.Deployment, sa string, extraArgs ...string) {
 	t.Helper()
 	spec := d.Spec.Template.Spec
@@ -246,7 +246,7 @@ func checkManager(t *testing.T, d appsv1.Deployment, sa string, extraArgs ...str
 	if want := []string{"/manager"}; !slices.Equal(c.Command, want) {
 		t.Errorf("manager command %q, want %q", c.Command, want)
 	}
-	if want := append([]string{"--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"}, extraArgs...); !slices.Equal(c.Args, want) {
+	if want := slices.Concat([]string{"--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"}, defaultWebhookArgs, extraArgs); !slices.Equal(c.Args, want) {
 		t.Errorf("manager args %q, want %q", c.Args, want)
 	}
 	checkHTTPProbe(t, "manager liveness", c.LivenessProbe, "/healthz", 8081)
@@ -436,6 +436,16 @@ func checkRBAC(t *testing.T, objs []object, prefix, ns string) {
 	} {
 		if !allows(role.Rules, need.group, need.resource, need.verb) {
 			t.Errorf("Role %s does not allow %s %s.%s", le, need.verb, need.resource, need.group)
+		}
+	}
+	checkWebhookCertRole(t, objs, prefix, ns)
+	for _, cr := range kinds(objs, "ClusterRole") {
+		var r rbacv1.ClusterRole
+		cr.decode(t, &r)
+		for _, verb := range []string{"get", "list", "create", "update"} {
+			if allows(r.Rules, "", "secrets", verb) {
+				t.Errorf("ClusterRole %s may %s Secrets in every namespace", r.Name, verb)
+			}
 		}
 	}
 	var rb rbacv1.RoleBinding

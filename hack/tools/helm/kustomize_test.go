@@ -21,6 +21,7 @@ func TestKustomizeDefault(t *testing.T) {
 	mustFind(t, objs, "DaemonSet", "handoff-nodeagent").decode(t, &ds)
 	checkNodeAgent(t, ds, "handoff-nodeagent")
 	checkRBAC(t, objs, "handoff", "handoff-system")
+	checkWebhook(t, objs, "handoff", "handoff-system")
 	crd := checkCRD(t, objs)
 	if _, ok := crd.Annotations["helm.sh/resource-policy"]; ok {
 		t.Errorf("config/default's CRD carries a Helm annotation")
@@ -34,7 +35,7 @@ func TestKustomizeDefault(t *testing.T) {
 	}
 	for _, o := range objs {
 		switch o.Kind {
-		case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
+		case "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration":
 			if o.Namespace != "" {
 				t.Errorf("cluster-scoped %s has namespace %q", o.key(), o.Namespace)
 			}
@@ -65,5 +66,6 @@ func TestKustomizeNamespaceOverlay(t *testing.T) {
 	}
 	objs := parseObjects(t, "overlay namespace ops", out)
 	checkRBAC(t, objs, "handoff", "ops")
+	checkWebhook(t, objs, "handoff", "ops")
 	mustFind(t, objs, "Namespace", "ops")
 }

@@ -148,26 +148,37 @@ func checkSamplePod(t *testing.T, p corev1.Pod, socket string) {
 var flagDef = regexp.MustCompile(`flag\.[A-Za-z0-9]+\(\s*(?:&[\w.]+,\s*)?"([a-z0-9-]+)"`)
 
 // TestWorkloadFlagsExist checks every flag the manifests pass against the
-// flags cmd/manager and cmd/nodeagent define, so that a renamed flag fails
+// flags cmd/manager and cmd/nodeagent define (in any of their files), so that a renamed flag fails
 // here instead of in a crash-looping pod.
 func TestWorkloadFlagsExist(t *testing.T) {
 	defined := map[string][]string{}
 	for _, bin := range []string{"manager", "nodeagent"} {
-		src, err := os.ReadFile(filepath.Join(root, "cmd", bin, "main.go"))
+		files, err := filepath.Glob(filepath.Join(root, "cmd", bin, "*.go"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range flagDef.FindAllStringSubmatch(string(src), -1) {
-			defined["/"+bin] = append(defined["/"+bin], m[1])
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range flagDef.FindAllStringSubmatch(string(src), -1) {
+				defined["/"+bin] = append(defined["/"+bin], m[1])
+			}
 		}
 		if len(defined["/"+bin]) < 3 {
-			t.Fatalf("found only %v in cmd/%s/main.go: is the pattern stale?", defined["/"+bin], bin)
+			t.Fatalf("found only %v in cmd/%s: is the pattern stale?", defined["/"+bin], bin)
 		}
 	}
 	sets := [][]object{
 		buildDefaultKustomization(t),
 		renderDefault(t),
 		renderDefault(t, "manager.agentGrace=45s", "metrics.enabled=false", "manager.leaderElect=false"),
+		renderDefault(t, "webhook.certManager.enabled=true"),
+		renderDefault(t, "webhook.enabled=false"),
 	}
 	for _, objs := range sets {
 		for _, o := range objs {
