@@ -340,10 +340,11 @@ func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Po
 // its application container's image alone (OpenKruise's rule for in-place
 // updates), and which container and image; else why not.
 func (r *InPlaceReconciler) eligible(ctx context.Context, ro *rollout, p *corev1.Pod) (container, image, why string) {
-	container, ok := workload.AppContainer(p)
-	if !ok {
-		return "", "", fmt.Sprintf("it has %d containers and no %s annotation naming one of them", len(p.Spec.Containers), v1alpha1.ContainerAnnotation)
+	i, err := workload.AppContainer(p)
+	if err != nil {
+		return "", "", err.Error()
 	}
+	container = p.Spec.Containers[i].Name
 	from, err := r.revisionTemplate(ctx, p.Namespace, p.Labels[appsv1.StatefulSetRevisionLabel])
 	if err != nil {
 		return "", "", fmt.Sprintf("its revision %q cannot be read (%v)", p.Labels[appsv1.StatefulSetRevisionLabel], err)

@@ -113,12 +113,13 @@ func (r *SurgeReconciler) start(ctx context.Context, pod *corev1.Pod) error {
 		}
 		return r.setGate(ctx, pod, corev1.ConditionTrue, v1alpha1.ReasonNoPredecessor, what+": nothing to take over")
 	}
-	container, ok := workload.AppContainer(pod)
-	if !ok {
-		msg := fmt.Sprintf("pod %s has %d containers and no %s annotation naming one of them: set it on the pod template", pod.Name, len(pod.Spec.Containers), v1alpha1.ContainerAnnotation)
+	i, err := workload.AppContainer(pod)
+	if err != nil {
+		msg := fmt.Sprintf("pod %s: %v", pod.Name, err)
 		r.event(pod, corev1.EventTypeWarning, v1alpha1.ReasonNotInjectable, msg)
 		return r.setGate(ctx, pod, corev1.ConditionFalse, v1alpha1.ReasonMigrationFailed, msg)
 	}
+	container := pod.Spec.Containers[i].Name
 	timeout := r.Timeout
 	if timeout <= 0 {
 		timeout = DefaultSurgeTimeout

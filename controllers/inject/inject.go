@@ -21,9 +21,9 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/internal/workload"
 )
 
 // SocketEnv is the variable the SDK reads the agent socket's path from.
@@ -73,50 +73,15 @@ type NotInjectableError struct {
 
 func (e *NotInjectableError) Error() string { return e.msg }
 
-// AppContainer returns the index in pod.Spec.Containers of the
-// application's container: the one v1alpha1.ContainerAnnotation names, or
-// the only one. Otherwise it returns a *NotInjectableError.
-func AppContainer(pod *corev1.Pod) (int, error) {
-	cs := pod.Spec.Containers
-	names := make([]string, len(cs))
-	for i, c := range cs {
-		names[i] = fmt.Sprintf("%q", c.Name)
-	}
-	list := strings.Join(names, ", ")
-	want, annotated := pod.Annotations[v1alpha1.ContainerAnnotation]
-	switch {
-	case annotated:
-		if i := slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == want }); i >= 0 {
-			return i, nil
-		}
-		return -1, &NotInjectableError{fmt.Sprintf("annotation %s=%q names no container of the pod (%s): set it to the application's container on the pod template",
-			v1alpha1.ContainerAnnotation, want, list)}
-	case len(cs) == 1:
-		return 0, nil
-	default:
-		return -1, &NotInjectableError{fmt.Sprintf("the pod has %d containers (%s): set the annotation %s to the application's container on the pod template",
-			len(cs), list, v1alpha1.ContainerAnnotation)}
-	}
-}
-
-// NeedsGate reports whether the pod gets the readiness gate
-// v1alpha1.ConditionMigrated: only a hostNetwork pod whose controller is
-// a DaemonSet, the one kind of pod whose condition the rollout controller
-// sets. A gate nobody sets would keep the pod unready for ever.
-func NeedsGate(pod *corev1.Pod) bool {
-	owner := metav1.GetControllerOfNoCopy(pod)
-	return pod.Spec.HostNetwork && owner != nil && owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/")
-}
-
 // Inject adds to pod what it lacks to reach the node agent, and returns
 // what it added. It leaves alone what the pod already has: a hostPath
 // volume of the socket directory (whatever its name), a mount at that
 // path, the variable HANDOFF_SOCKET (whatever its value), the group, the
 // gate. Calling it twice adds nothing the second time.
 func Inject(pod *corev1.Pod, cfg Config) (Result, error) {
-	i, err := AppContainer(pod)
+	i, err := workload.AppContainer(pod)
 	if err != nil {
-		return Result{}, err
+		return Result{}, &NotInjectableError{err.Error()}
 	}
 	dir := path.Clean(cfg.SocketDir)
 	spec := &pod.Spec
@@ -155,7 +120,7 @@ func Inject(pod *corev1.Pod, cfg Config) (Result, error) {
 		res.Added = append(res.Added, AddedGroup)
 	}
 	gate := corev1.PodConditionType(v1alpha1.ConditionMigrated)
-	if NeedsGate(pod) && !slices.ContainsFunc(spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == gate }) {
+	if workload.NeedsGate(pod) && !slices.ContainsFunc(spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == gate }) {
 		spec.ReadinessGates = append(spec.ReadinessGates, corev1.PodReadinessGate{ConditionType: gate})
 		res.Added = append(res.Added, AddedGate)
 	}

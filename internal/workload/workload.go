@@ -5,6 +5,10 @@
 package workload
 
 import (
+	"fmt"
+	"slices"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -68,20 +72,37 @@ func Predecessor(pod *corev1.Pod, pods []corev1.Pod) *corev1.Pod {
 	return best
 }
 
-// AppContainer is the name of the pod's application container: the
-// ContainerAnnotation, else the only container. ok is false when the pod
-// has several and no annotation, or the annotation names no container.
-func AppContainer(pod *corev1.Pod) (name string, ok bool) {
-	if n, set := pod.Annotations[v1alpha1.ContainerAnnotation]; set {
-		for _, c := range pod.Spec.Containers {
-			if c.Name == n {
-				return n, true
-			}
+// AppContainer returns the index in pod.Spec.Containers of the
+// application's container: the one v1alpha1.ContainerAnnotation names, or
+// the only one. Otherwise the error says what to set on the pod template.
+func AppContainer(pod *corev1.Pod) (int, error) {
+	cs := pod.Spec.Containers
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = fmt.Sprintf("%q", c.Name)
+	}
+	list := strings.Join(names, ", ")
+	want, annotated := pod.Annotations[v1alpha1.ContainerAnnotation]
+	switch {
+	case annotated:
+		if i := slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == want }); i >= 0 {
+			return i, nil
 		}
-		return n, false
+		return -1, fmt.Errorf("annotation %s=%q names no container of the pod (%s): set it to the application's container on the pod template",
+			v1alpha1.ContainerAnnotation, want, list)
+	case len(cs) == 1:
+		return 0, nil
+	default:
+		return -1, fmt.Errorf("the pod has %d containers (%s): set the annotation %s to the application's container on the pod template",
+			len(cs), list, v1alpha1.ContainerAnnotation)
 	}
-	if len(pod.Spec.Containers) == 1 {
-		return pod.Spec.Containers[0].Name, true
-	}
-	return "", false
+}
+
+// NeedsGate reports whether the pod gets the readiness gate
+// v1alpha1.ConditionMigrated: only a hostNetwork pod whose controller is
+// a DaemonSet, the one kind of pod whose condition the rollout controller
+// sets. A gate nobody sets would keep the pod unready for ever.
+func NeedsGate(pod *corev1.Pod) bool {
+	owner := metav1.GetControllerOfNoCopy(pod)
+	return pod.Spec.HostNetwork && owner != nil && owner.Kind == "DaemonSet" && strings.HasPrefix(owner.APIVersion, "apps/")
 }

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/internal/loadclient"
 	"github.com/handoff-dev/handoff/internal/workload"
 )
 
@@ -179,5 +180,104 @@ func (s *suite) checkInjected(t *testing.T, p *corev1.Pod) {
 	}
 	if len(missing) > 0 {
 		t.Fatalf("pod %s was not injected with %s", p.Name, strings.Join(missing, ", "))
+	}
+}
+
+// streamerStatefulSet is a pod-network StatefulSet of streamers whose
+// rollouts handoff makes in place.
+func streamerStatefulSet(ns, image string, replicas int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: streamer
+  namespace: %[1]s
+  annotations: {handoff.dev/update: InPlaceIfPossible}
+spec:
+  serviceName: streamer
+  replicas: %[6]d
+  podManagementPolicy: Parallel
+  updateStrategy: {type: OnDelete}
+  selector:
+    matchLabels: {app: streamer}
+  template:
+    metadata:
+      labels: {app: streamer, handoff.dev/enabled: "true"}
+    spec:
+      terminationGracePeriodSeconds: 2
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers:
+      - name: %[4]s
+        image: %[2]s
+        imagePullPolicy: IfNotPresent
+        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s"]
+        readinessProbe:
+          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
+          periodSeconds: 1
+        volumeMounts: [{name: run, mountPath: /var/run/streamer}]
+      volumes:
+      - {name: run, emptyDir: {medium: Memory}}
+`, ns, image, podPort, streamerName, readyFile, replicas)
+}
+
+// testStatefulSetInPlace rolls a three-pod StatefulSet out with kubectl set
+// image: each pod, from the highest ordinal down, restarts its container
+// in place while the agent holds its sockets, and the StatefulSet counts
+// it updated; clients on the pod IPs keep every stream.
+func (s *suite) testStatefulSetInPlace(t *testing.T) {
+	const replicas = 3
+	ctx := context.Background()
+	ns := s.namespace(t, "sts-in-place")
+	s.runInput(t, time.Minute, streamerStatefulSet(ns, s.streamer, replicas), s.kubectl, "apply", "-f", "-")
+	before := map[string]corev1.Pod{}
+	var clients []*loadclient.Client
+	for i := range replicas {
+		name := fmt.Sprintf("streamer-%d", i)
+		p := s.waitPodReady(t, ns, name)
+		s.checkInjected(t, p)
+		before[name] = *p
+		addr := net.JoinHostPort(p.Status.PodIP, strconv.Itoa(podPort))
+		waitServing(t, addr)
+		clients = append(clients, s.startClients(t, addr, clientStreams/replicas))
+	}
+
+	start := time.Now()
+	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "sts/streamer", streamerName+"="+s.streamerNext)
+	waitFor(t, "the StatefulSet's "+strconv.Itoa(replicas)+" pods updated", 4*time.Minute, func() (bool, string, error) {
+		var st appsv1.StatefulSet
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &st); err != nil {
+			return false, "", err
+		}
+		return st.Status.UpdatedReplicas == replicas && st.Status.ReadyReplicas == replicas,
+			fmt.Sprintf("updated %d, ready %d", st.Status.UpdatedReplicas, st.Status.ReadyReplicas), nil
+	})
+	s.timing("%s: kubectl set image sts/streamer → %d pods updated in place in %v", ns, replicas, time.Since(start).Round(time.Millisecond))
+
+	var migs handoffv1.MigrationList
+	if err := s.c.List(ctx, &migs, client.InNamespace(ns), client.MatchingLabels{handoffv1.WorkloadLabel: "streamer"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(migs.Items) != replicas {
+		t.Fatalf("%d Migrations of the StatefulSet; want one per pod", len(migs.Items))
+	}
+	for i := range migs.Items {
+		m := &migs.Items[i]
+		wantCompleted(t, m, clientStreams/replicas)
+		s.timing("%s: pod %s: Migration %s created %v after set image, Completed after %v, pause %v", ns, m.Spec.Source.Pod, m.Name,
+			m.CreationTimestamp.Sub(start).Round(time.Second), m.Status.CompletionTime.Sub(m.CreationTimestamp.Time).Round(time.Second), m.Status.Pause.Duration)
+	}
+	for name, old := range before {
+		var p corev1.Pod
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
+			t.Fatal(err)
+		}
+		was, now := containerStatus(t, &old), containerStatus(t, &p)
+		if p.UID != old.UID || p.Status.PodIP != old.Status.PodIP || now.RestartCount != was.RestartCount+1 || p.Spec.Containers[0].Image != s.streamerNext {
+			t.Errorf("pod %s: uid %s → %s, ip %s → %s, restarts %d → %d, image %s; want the same pod restarted once with %s",
+				name, old.UID, p.UID, old.Status.PodIP, p.Status.PodIP, was.RestartCount, now.RestartCount, p.Spec.Containers[0].Image, s.streamerNext)
+		}
+	}
+	for _, lc := range clients {
+		s.checkClients(t, lc, "kubectl set image sts/streamer")
+		s.stopClients(t, lc)
 	}
 }

@@ -231,7 +231,7 @@ func TestInPlaceBadInput(t *testing.T) {
 		{"unknown-mode", map[string]string{v1alpha1.UpdateAnnotation: "Sometimes"}, appsv1.OnDeleteStatefulSetStrategyType, `"Sometimes" is neither InPlaceIfPossible nor InPlaceOnly`},
 		{"rolling", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly"}, appsv1.RollingUpdateStatefulSetStrategyType, "set it to OnDelete"},
 		{"bad-partition", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly", v1alpha1.PartitionAnnotation: "-2"}, appsv1.OnDeleteStatefulSetStrategyType, "not a whole number"},
-		{"bad-container", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly"}, appsv1.OnDeleteStatefulSetStrategyType, "no handoff.dev/container annotation naming one"},
+		{"bad-container", map[string]string{v1alpha1.UpdateAnnotation: "InPlaceOnly"}, appsv1.OnDeleteStatefulSetStrategyType, "set the annotation handoff.dev/container"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns := namespace(t, "bad-"+c.name)
