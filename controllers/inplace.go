@@ -230,9 +230,10 @@ func (r *InPlaceReconciler) step(ctx context.Context, ro *rollout) (reconcile.Re
 			mig = nil
 		case err != nil:
 			return reconcile.Result{}, fmt.Errorf("get migration %s/%s: %w", p.Namespace, r.migrationName(ro, p), err)
-		case mig.Annotations[v1alpha1.AppliedAnnotation] == "true":
-			// An earlier rollout's, to the same revision: this
-			// rollout needs one of its own.
+		case mig.Annotations[v1alpha1.AppliedAnnotation] == "true" && !ownOutcome(p, mig):
+			// An earlier rollout's, to the same revision (the pod has
+			// moved on since, or is another pod of the same name):
+			// this rollout needs one of its own.
 			if err := r.Client.Delete(ctx, mig); client.IgnoreNotFound(err) != nil {
 				return reconcile.Result{}, fmt.Errorf("delete migration %s/%s of an earlier rollout: %w", mig.Namespace, mig.Name, err)
 			}
@@ -392,6 +393,23 @@ func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *core
 		return false, fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return true, nil
+}
+
+// ownOutcome reports whether an applied Migration is the one that last
+// changed pod p: it is p's (not an earlier pod's of the same name), it
+// completed, and p's container still runs its image. Its revision label is
+// then being moved (or the cache has not seen the move yet), and applying
+// it again is safe; any other applied Migration is an earlier rollout's.
+func ownOutcome(p *corev1.Pod, mig *v1alpha1.Migration) bool {
+	if !metav1.IsControlledBy(mig, p) || mig.Status.Phase != v1alpha1.PhaseCompleted {
+		return false
+	}
+	for _, c := range p.Spec.Containers {
+		if c.Name == mig.Spec.Target.Container {
+			return c.Image == mig.Spec.Target.Image
+		}
+	}
+	return false
 }
 
 // markApplied marks a Migration whose outcome the rollout applied.

@@ -258,12 +258,14 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		return err
 	}
 	patched := false
+	var at steps // the pause's steps, for the breakdown in the final report
 	// The patch carries the resourceVersion it was made from, so that it
 	// cannot land on a pod that changed since (a restart, a new pod of the
 	// same name). Status writes change it too, readiness probes among
 	// them, so a conflict is read again and retried while the container
 	// that exported is still the one running.
 	patch := func() error {
+		at.exported = time.Now()
 		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			pod := &corev1.Pod{}
 			if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
@@ -286,10 +288,12 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
 			}
 			patched = true
-			r.backoff.started(key, src.lastExit, time.Now())
+			at.patched = time.Now()
+			r.backoff.started(key, src.lastExit, at.patched)
 			if tracked {
 				r.awaitKubelet(ctx, pod, deadline)
 			}
+			at.observed = time.Now()
 			return nil
 		})
 	}
@@ -301,6 +305,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	if err != nil {
 		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
 	}
+	at.released = time.Now()
 	if res.Phase != nodeagent.PhaseCompleted {
 		reason := failureReason(res.Reason)
 		if !patched && strings.Contains(res.Message, "set the image") {
@@ -318,6 +323,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	var got admin.Result
 	select {
 	case got = <-outcome:
+		at.claimed = time.Now()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -326,17 +332,41 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 			fmt.Sprintf("no restarted process of %v claimed the sockets: %s. Its clients were disconnected", src, got.Message))
 	}
 	for _, s := range r.Agent.Sessions() {
-		if s.ID == got.To && s.ContainerID != "" {
-			mig.Status.TargetContainerID = s.ContainerID
-			if s.Runtime != "" {
-				mig.Status.TargetContainerID = s.Runtime + "://" + s.ContainerID
+		if s.ID == got.To {
+			at.joined = s.Since
+			if s.ContainerID != "" {
+				mig.Status.TargetContainerID = s.ContainerID
+				if s.Runtime != "" {
+					mig.Status.TargetContainerID = s.Runtime + "://" + s.ContainerID
+				}
 			}
 		}
 	}
-	mig.Status.Pause = &metav1.Duration{Duration: time.Since(start)}
+	mig.Status.Pause = &metav1.Duration{Duration: at.claimed.Sub(start)}
 	return r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
-		fmt.Sprintf("container %s restarted with image %s and took over %d listeners, %d connections and %d packet sockets; pause %v (the restart included)",
-			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration))
+		fmt.Sprintf("container %s restarted with image %s and took over %d listeners, %d connections and %d packet sockets; pause %v (the restart included: %s)",
+			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration, at.breakdown(start)))
+}
+
+// steps are when an in-place restart passed each of its steps.
+type steps struct {
+	exported, patched, observed, released, joined, claimed time.Time
+}
+
+// breakdown says what the pause from start was made of: the freeze and
+// export, the image patch, kubelet reporting that it saw the new spec
+// (kubelet's), the old container stopped and the new one started until
+// its process joined (mostly kubelet's and the runtime's), and the
+// sockets claimed.
+func (s steps) breakdown(start time.Time) string {
+	part := func(from, to time.Time) string {
+		if from.IsZero() || to.IsZero() || to.Before(from) {
+			return "?"
+		}
+		return to.Sub(from).Round(time.Millisecond).String()
+	}
+	return fmt.Sprintf("freeze and export %s, image patch %s, until kubelet saw it %s, old container stopped and new process joined %s, sockets claimed %s",
+		part(start, s.exported), part(s.exported, s.patched), part(s.patched, s.observed), part(s.released, s.joined), part(s.joined, s.claimed))
 }
 
 // awaitBackoff waits, before anything is frozen, until kubelet will

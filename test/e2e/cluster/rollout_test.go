@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
@@ -68,7 +69,7 @@ func (s *suite) testDaemonSetSurge(t *testing.T) {
 	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
 	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
 	old := s.onlyPod(t, ns)
-	s.checkInjected(t, old)
+	s.checkInjected(t, old, true)
 	if c := workload.GateCondition(old); c == nil || c.Status != corev1.ConditionTrue || c.Reason != handoffv1.ReasonNoPredecessor {
 		t.Fatalf("the first pod's gate is %+v; want True with reason %s", c, handoffv1.ReasonNoPredecessor)
 	}
@@ -141,8 +142,9 @@ func (s *suite) onlyPod(t *testing.T, ns string) *corev1.Pod {
 }
 
 // checkInjected checks that the webhook gave the pod what
-// config/samples/streamer.yaml writes by hand, and the gate.
-func (s *suite) checkInjected(t *testing.T, p *corev1.Pod) {
+// config/samples/streamer.yaml writes by hand, and the gate when gate is
+// set (else that it did not).
+func (s *suite) checkInjected(t *testing.T, p *corev1.Pod, gate bool) {
 	t.Helper()
 	var missing []string
 	hasVolume := false
@@ -175,8 +177,8 @@ func (s *suite) checkInjected(t *testing.T, p *corev1.Pod) {
 	if !hasGroup {
 		missing = append(missing, fmt.Sprintf("supplemental group %d", socketGroup))
 	}
-	if !workload.HasGate(p) {
-		missing = append(missing, "the "+handoffv1.ConditionMigrated+" readiness gate")
+	if workload.HasGate(p) != gate {
+		missing = append(missing, fmt.Sprintf("the %s readiness gate as it should (%v)", handoffv1.ConditionMigrated, gate))
 	}
 	if len(missing) > 0 {
 		t.Fatalf("pod %s was not injected with %s", p.Name, strings.Join(missing, ", "))
@@ -232,23 +234,28 @@ func (s *suite) testStatefulSetInPlace(t *testing.T) {
 	var clients []*loadclient.Client
 	for i := range replicas {
 		name := fmt.Sprintf("streamer-%d", i)
-		p := s.waitPodReady(t, ns, name)
-		s.checkInjected(t, p)
+		p := s.waitCreatedPodReady(t, ns, name)
+		s.checkInjected(t, p, false)
 		before[name] = *p
 		addr := net.JoinHostPort(p.Status.PodIP, strconv.Itoa(podPort))
 		waitServing(t, addr)
 		clients = append(clients, s.startClients(t, addr, clientStreams/replicas))
 	}
 
+	var st appsv1.StatefulSet
+	if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &st); err != nil {
+		t.Fatal(err)
+	}
+	initial := st.Status.UpdateRevision
 	start := time.Now()
 	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "sts/streamer", streamerName+"="+s.streamerNext)
 	waitFor(t, "the StatefulSet's "+strconv.Itoa(replicas)+" pods updated", 4*time.Minute, func() (bool, string, error) {
-		var st appsv1.StatefulSet
 		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &st); err != nil {
 			return false, "", err
 		}
-		return st.Status.UpdatedReplicas == replicas && st.Status.ReadyReplicas == replicas,
-			fmt.Sprintf("updated %d, ready %d", st.Status.UpdatedReplicas, st.Status.ReadyReplicas), nil
+		return st.Status.ObservedGeneration == st.Generation && st.Status.UpdateRevision != initial &&
+				st.Status.UpdatedReplicas == replicas && st.Status.ReadyReplicas == replicas,
+			fmt.Sprintf("revision %s, updated %d, ready %d", st.Status.UpdateRevision, st.Status.UpdatedReplicas, st.Status.ReadyReplicas), nil
 	})
 	s.timing("%s: kubectl set image sts/streamer → %d pods updated in place in %v", ns, replicas, time.Since(start).Round(time.Millisecond))
 
@@ -262,8 +269,9 @@ func (s *suite) testStatefulSetInPlace(t *testing.T) {
 	for i := range migs.Items {
 		m := &migs.Items[i]
 		wantCompleted(t, m, clientStreams/replicas)
-		s.timing("%s: pod %s: Migration %s created %v after set image, Completed after %v, pause %v", ns, m.Spec.Source.Pod, m.Name,
-			m.CreationTimestamp.Sub(start).Round(time.Second), m.Status.CompletionTime.Sub(m.CreationTimestamp.Time).Round(time.Second), m.Status.Pause.Duration)
+		// Object timestamps have one-second resolution.
+		s.timing("%s: pod %s: Migration %s created %v after set image, Completed %v later; %s", ns, m.Spec.Source.Pod, m.Name,
+			max(0, m.CreationTimestamp.Sub(start)).Round(time.Second), m.Status.CompletionTime.Sub(m.CreationTimestamp.Time).Round(time.Second), m.Status.Message)
 	}
 	for name, old := range before {
 		var p corev1.Pod
@@ -280,4 +288,18 @@ func (s *suite) testStatefulSetInPlace(t *testing.T) {
 		s.checkClients(t, lc, "kubectl set image sts/streamer")
 		s.stopClients(t, lc)
 	}
+}
+
+// waitCreatedPodReady waits until a pod that its controller is about to
+// create exists and is Ready.
+func (s *suite) waitCreatedPodReady(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	waitFor(t, "pod "+name+" created", 2*time.Minute, func() (bool, string, error) {
+		err := s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &corev1.Pod{})
+		if apierrors.IsNotFound(err) {
+			return false, "not created yet", nil
+		}
+		return err == nil, "", err
+	})
+	return s.waitPodReady(t, ns, name)
 }
