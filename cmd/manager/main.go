@@ -93,6 +93,10 @@ func main() {
 		log.Error(err, "set up the in-place rollout controller")
 		os.Exit(1)
 	}
+	if err := (&controllers.InPlaceDaemonSetReconciler{}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "set up the in-place DaemonSet rollout controller")
+		os.Exit(1)
+	}
 	if err := (&controllers.DaemonSetChecker{}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up the DaemonSet checker")
 		os.Exit(1)

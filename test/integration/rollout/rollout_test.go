@@ -102,6 +102,7 @@ func startManager(t *testing.T) (stop func()) {
 	}
 	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
 		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{},
+		&controllers.InPlaceDaemonSetReconciler{},
 	} {
 		if err := c.SetupWithManager(mgr); err != nil {
 			t.Fatal(err)
@@ -350,7 +351,7 @@ func TestDaemonSetRefusals(t *testing.T) {
 	})
 	waitEvent(t, ns, "no-surge", "maxSurge is 0", "set maxSurge: 1 and maxUnavailable: 0")
 	daemonSet(t, ns, "pod-network", func(ds *appsv1.DaemonSet) { ds.Spec.Template.Spec.HostNetwork = false })
-	waitEvent(t, ns, "pod-network", "set hostNetwork: true")
+	waitEvent(t, ns, "pod-network", "set hostNetwork: true", "or update the pods in place")
 }
 
 // agentSays checks what the node agent would tell a process of the pod
