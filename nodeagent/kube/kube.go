@@ -149,6 +149,7 @@ type endpoint struct {
 	role, pod, container string
 	statusID             string    // runtime://id of the running container
 	lastExit             time.Time // when the container's last exited instance finished (zero: none)
+	lastChange           time.Time // the pod's latest status change kubelet made (a sync)
 	podUID               types.UID
 	session              admin.Session
 }
@@ -253,6 +254,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	if err := r.awaitBackoff(ctx, mig, src, key, deadline); err != nil {
 		return err
 	}
+	r.awaitKubeletQuiet(ctx, src, deadline)
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
 		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
 		return err
@@ -398,6 +400,62 @@ func (r *Reconciler) awaitBackoff(ctx context.Context, mig *v1alpha1.Migration, 
 	return nil
 }
 
+// kubeletQuiet is how long after kubelet last synced a pod the agent
+// starts its in-place restart. kubelet starts each sync of a pod only once
+// its runtime cache was refreshed after the previous sync ended (the pod
+// worker's GetNewerThan: a relist every second, and the relist's own
+// time); an image patch that lands within that window waits for it with
+// every socket held. The e2e breakdown showed it: "until kubelet saw it"
+// 1.5-2 s right after a restart or a readiness change, 60 ms otherwise.
+const kubeletQuiet = 2 * time.Second
+
+// lastChange is the latest status change kubelet reported for pod (a
+// container started, a condition changed): each came from a sync. The
+// API's timestamps are whole seconds, cut down: the change may have come
+// up to a second later.
+func lastChange(pod *corev1.Pod) time.Time {
+	var t time.Time
+	for _, c := range pod.Status.Conditions {
+		t = later(t, c.LastTransitionTime.Time)
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.State.Running != nil {
+			t = later(t, cs.State.Running.StartedAt.Time)
+		}
+	}
+	if t.IsZero() {
+		return t
+	}
+	return t.Add(time.Second)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// awaitKubeletQuiet waits, before anything is frozen and while the
+// process serves on, until kubelet's last sync of the pod is kubeletQuiet
+// old, so that kubelet acts on the image patch at once (see kubeletQuiet).
+// It gives up at the deadline's half; the restart then only takes longer.
+func (r *Reconciler) awaitKubeletQuiet(ctx context.Context, src *endpoint, deadline time.Time) {
+	if src.lastChange.IsZero() {
+		return
+	}
+	d := time.Until(src.lastChange.Add(kubeletQuiet))
+	d = min(d, time.Until(deadline)/2)
+	if d <= 0 {
+		return
+	}
+	log.FromContext(ctx).V(1).Info("waiting for kubelet's last sync of the pod to age before the restart", "wait", d.String())
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
 // fatalError is a lookup failure that waiting cannot fix.
 type fatalError struct{ reason, msg string }
 
@@ -482,6 +540,7 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		e.podUID = pod.UID
 		e.statusID = runningContainerID(pod, e.container)
 		e.lastExit = lastExit(pod, e.container)
+		e.lastChange = lastChange(pod)
 		if e.statusID == "" {
 			return fmt.Errorf("%v is not running", e)
 		}
