@@ -405,9 +405,9 @@ func (r *Reconciler) awaitBackoff(ctx context.Context, mig *v1alpha1.Migration, 
 // its runtime cache was refreshed after the previous sync ended (the pod
 // worker's GetNewerThan: a relist every second, and the relist's own
 // time); an image patch that lands within that window waits for it with
-// every socket held. The e2e breakdown showed it: "until kubelet saw it"
-// 1.5-2 s right after a restart or a readiness change, 60 ms otherwise.
-const kubeletQuiet = 2 * time.Second
+// every socket held: "until kubelet saw it" in the pause's breakdown
+// (the README has the numbers).
+const kubeletQuiet = 3 * time.Second
 
 // lastChange is the latest status change kubelet reported for pod (a
 // container started, a condition changed): each came from a sync. The
