@@ -326,9 +326,9 @@ func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Po
 	if why != "" {
 		return r.notInPlace(ctx, ro, p, nil, why)
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultInPlaceTimeout
+	timeout, problem := migrationTimeout(r.Timeout, DefaultInPlaceTimeout, p.Annotations, ro.obj.GetAnnotations())
+	if problem != "" {
+		r.event(ro.obj, p, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
 	mig := &v1alpha1.Migration{
 		ObjectMeta: metav1.ObjectMeta{
@@ -411,6 +411,29 @@ func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *core
 		return false, fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return true, nil
+}
+
+// migrationTimeout is the timeout of a rollout's Migration: the first
+// TimeoutAnnotation found in annotations (the pod's, then the workload's),
+// else set, else def. A value that is not a duration from 1s to 1h is
+// ignored, and problem says so.
+func migrationTimeout(set, def time.Duration, annotations ...map[string]string) (d time.Duration, problem string) {
+	d = def
+	if set > 0 {
+		d = set
+	}
+	for _, a := range annotations {
+		v, ok := a[v1alpha1.TimeoutAnnotation]
+		if !ok {
+			continue
+		}
+		t, err := time.ParseDuration(v)
+		if err != nil || t < time.Second || t > time.Hour {
+			return d, fmt.Sprintf("%s=%q is not a duration from 1s to 1h; using %v", v1alpha1.TimeoutAnnotation, v, d)
+		}
+		return t, ""
+	}
+	return d, ""
 }
 
 // ownOutcome reports whether an applied Migration is the one that last
