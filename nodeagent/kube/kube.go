@@ -188,8 +188,13 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
+			hint := ""
+			var nj *notJoinedError
+			if errors.As(last, &nj) {
+				hint = " Does the application link the handoff SDK, and does its pod mount the agent's socket directory?"
+			}
 			return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
-				fmt.Sprintf("%v by the deadline; nothing was moved. Does the application link the handoff SDK, and does its pod mount the agent's socket directory?", last))
+				fmt.Sprintf("%v by the deadline; nothing was moved.%s", last, hint))
 		}
 		select {
 		case <-ctx.Done():
@@ -456,6 +461,35 @@ func (r *Reconciler) awaitKubeletQuiet(ctx context.Context, src *endpoint, deadl
 	}
 }
 
+// notJoinedError: the container runs, but no process of it joined the
+// agent.
+type notJoinedError struct{ msg string }
+
+func (e *notJoinedError) Error() string { return e.msg }
+
+// notRunningWhy says what kubelet reports about a container that does not
+// run: why it waits, and how its last instance ended.
+func notRunningWhy(pod *corev1.Pod, container string) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name != container {
+			continue
+		}
+		why := ""
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			why = " (" + w.Reason
+			if t := cs.LastTerminationState.Terminated; t != nil {
+				why += fmt.Sprintf(", its last run exited with code %d", t.ExitCode)
+				if t.Reason != "" {
+					why += ", " + t.Reason
+				}
+			}
+			why += ")"
+		}
+		return why
+	}
+	return ""
+}
+
 // fatalError is a lookup failure that waiting cannot fix.
 type fatalError struct{ reason, msg string }
 
@@ -542,7 +576,7 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		e.lastExit = lastExit(pod, e.container)
 		e.lastChange = lastChange(pod)
 		if e.statusID == "" {
-			return fmt.Errorf("%v is not running", e)
+			return fmt.Errorf("%v is not running%s", e, notRunningWhy(pod, e.container))
 		}
 		var found []admin.Session
 		for _, s := range sessions {
@@ -553,7 +587,7 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		}
 		switch {
 		case len(found) == 0:
-			return fmt.Errorf("no process of %v (%s) has joined the agent", e, e.statusID)
+			return &notJoinedError{fmt.Sprintf("no process of %v (%s) has joined the agent", e, e.statusID)}
 		case len(found) > 1:
 			// Two processes in one container: prefer the one in the role's
 			// expected state (active source, standby target).
