@@ -207,7 +207,7 @@ func (p *Process) hello(flags uint8) (wire.Welcome, error) {
 	sock := p.opts.Socket
 	c, err := wire.Dial(sock)
 	if err != nil {
-		return w, fmt.Errorf("dial agent %s: %w", sock, err)
+		return w, err
 	}
 	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
 	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {

@@ -158,7 +158,10 @@ func TestCluster(t *testing.T) {
 	t.Run("DaemonSetSurge", s.testDaemonSetSurge)
 	t.Run("DaemonSetSurgeCrash", s.testDaemonSetSurgeCrash)
 	t.Run("StatefulSetInPlace", s.testStatefulSetInPlace)
+	t.Run("StatefulSetNotImageOnly", s.testStatefulSetNotImageOnly)
 	t.Run("InPlaceRepeated", s.testInPlaceRepeated)
+	// Last: it stops the manager for a while.
+	t.Run("WebhookDown", s.testWebhookDown)
 	if !t.Failed() {
 		s.uninstall(t)
 	}

@@ -381,3 +381,107 @@ func (s *suite) testDaemonSetSurgeCrash(t *testing.T) {
 	s.checkClients(t, lc, "setting the image back")
 	s.stopClients(t, lc)
 }
+
+// testStatefulSetNotImageOnly changes more than an image of an in-place
+// StatefulSet (InPlaceIfPossible): the pods cannot restart in place, so
+// each is deleted and the StatefulSet controller recreates it at the new
+// revision, as without handoff, with an Event that says why.
+func (s *suite) testStatefulSetNotImageOnly(t *testing.T) {
+	const replicas = 2
+	ctx := context.Background()
+	ns := s.namespace(t, "sts-not-image-only")
+	s.runInput(t, time.Minute, streamerStatefulSet(ns, s.streamer, replicas), s.kubectl, "apply", "-f", "-")
+	uids := map[string]string{}
+	for i := range replicas {
+		p := s.waitCreatedPodReady(t, ns, fmt.Sprintf("streamer-%d", i))
+		uids[p.Name] = string(p.UID)
+	}
+	var st appsv1.StatefulSet
+	if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &st); err != nil {
+		t.Fatal(err)
+	}
+	initial := st.Status.UpdateRevision
+	start := time.Now()
+	s.run(t, time.Minute, s.kubectl, "set", "env", "-n", ns, "sts/streamer", "GREETING=hello")
+	waitFor(t, "the StatefulSet's pods recreated at the new revision", 4*time.Minute, func() (bool, string, error) {
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &st); err != nil {
+			return false, "", err
+		}
+		return st.Status.ObservedGeneration == st.Generation && st.Status.UpdateRevision != initial &&
+				st.Status.UpdatedReplicas == replicas && st.Status.ReadyReplicas == replicas,
+			fmt.Sprintf("updated %d, ready %d", st.Status.UpdatedReplicas, st.Status.ReadyReplicas), nil
+	})
+	s.timing("%s: kubectl set env sts/streamer → %d pods recreated in %v", ns, replicas, time.Since(start).Round(time.Millisecond))
+	for name, uid := range uids {
+		var p corev1.Pod
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
+			t.Fatal(err)
+		}
+		if string(p.UID) == uid {
+			t.Errorf("pod %s has its old uid: it was not recreated", name)
+		}
+	}
+	var migs handoffv1.MigrationList
+	if err := s.c.List(ctx, &migs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(migs.Items) != 0 {
+		t.Errorf("%d Migrations for a change that is not image-only; want none", len(migs.Items))
+	}
+	var evs eventsv1.EventList
+	if err := s.c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	said := false
+	for _, e := range evs.Items {
+		said = said || e.Reason == handoffv1.ReasonNotInPlace && strings.Contains(e.Note, "more of the pod template than an image")
+	}
+	if !said {
+		t.Errorf("no %s Event saying the change is more than an image", handoffv1.ReasonNotInPlace)
+	}
+}
+
+// testWebhookDown stops the manager and creates a labelled pod: the
+// webhook fails open, so the pod starts uninjected and its streamer
+// serves without handoff; then the manager comes back.
+func (s *suite) testWebhookDown(t *testing.T) {
+	ctx := context.Background()
+	ns := s.namespace(t, "webhook-down")
+	dep := release + "-manager"
+	s.run(t, time.Minute, s.kubectl, "scale", "-n", systemNS, "deploy/"+dep, "--replicas=0")
+	t.Cleanup(func() {
+		s.run(t, time.Minute, s.kubectl, "scale", "-n", systemNS, "deploy/"+dep, "--replicas=1")
+		s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", systemNS, "deploy/"+dep, "--timeout=2m")
+	})
+	waitFor(t, "no manager pod", 2*time.Minute, func() (bool, string, error) {
+		var pods corev1.PodList
+		if err := s.c.List(ctx, &pods, client.InNamespace(systemNS), client.MatchingLabels{"app.kubernetes.io/component": "manager"}); err != nil {
+			return false, "", err
+		}
+		return len(pods.Items) == 0, fmt.Sprintf("%d manager pods", len(pods.Items)), nil
+	})
+	p := streamerPod(ns, "uninjected", s.streamer, podOpts{port: podPort})
+	p.Labels[handoffv1.EnabledLabel] = "true"
+	// What the webhook would have added: left out here, as a user relying
+	// on the label would.
+	p.Spec.Volumes = p.Spec.Volumes[1:]
+	p.Spec.Containers[0].VolumeMounts = p.Spec.Containers[0].VolumeMounts[1:]
+	p.Spec.Containers[0].Env = nil
+	p.Spec.SecurityContext.SupplementalGroups = nil
+	start := time.Now()
+	s.createPod(t, p)
+	got := s.waitPodReady(t, ns, "uninjected")
+	s.timing("%s: a labelled pod with the webhook down → Ready in %v", ns, time.Since(start).Round(time.Millisecond))
+	if _, injected := got.Annotations[handoffv1.InjectedAnnotation]; injected {
+		t.Fatalf("pod was injected (%s) with no manager running", got.Annotations[handoffv1.InjectedAnnotation])
+	}
+	for _, v := range got.Spec.Volumes {
+		if v.HostPath != nil {
+			t.Fatalf("pod has a hostPath volume %s with no manager running", v.Name)
+		}
+	}
+	logs := s.run(t, time.Minute, s.kubectl, "logs", "-n", ns, "uninjected")
+	if !strings.Contains(logs, "handoff: unavailable, serving with fresh sockets") {
+		t.Errorf("the streamer did not log that handoff is unavailable:\n%s", tail(logs, 10))
+	}
+}
