@@ -65,11 +65,7 @@ spec:
 func (s *suite) testDaemonSetSurge(t *testing.T) {
 	ctx := context.Background()
 	ns := s.namespace(t, "ds-surge")
-	port := freePort(t)
-	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
-	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
-	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
-	old := s.onlyPod(t, ns)
+	addr, old := s.deployDaemonSet(t, ns)
 	s.checkInjected(t, old, true)
 	if c := workload.GateCondition(old); c == nil || c.Status != corev1.ConditionTrue || c.Reason != handoffv1.ReasonNoPredecessor {
 		t.Fatalf("the first pod's gate is %+v; want True with reason %s", c, handoffv1.ReasonNoPredecessor)
@@ -117,6 +113,16 @@ func (s *suite) testDaemonSetSurge(t *testing.T) {
 	s.checkClients(t, lc, "kubectl set image ds/streamer")
 	t.Logf("longest client stall during the rollout: %v", lc.Snapshot().LongestStall)
 	s.stopClients(t, lc)
+}
+
+// deployDaemonSet applies streamerDaemonSet on a free port of the node and
+// waits for its rollout; it returns the address clients use and the pod.
+func (s *suite) deployDaemonSet(t *testing.T, ns string) (string, *corev1.Pod) {
+	t.Helper()
+	port := freePort(t)
+	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
+	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
+	return net.JoinHostPort(s.nodeIP, strconv.Itoa(port)), s.onlyPod(t, ns)
 }
 
 // onlyPod is the one pod of the namespace that is not being deleted.
@@ -315,11 +321,7 @@ func (s *suite) waitCreatedPodReady(t *testing.T, ns, name string) *corev1.Pod {
 func (s *suite) testDaemonSetSurgeCrash(t *testing.T) {
 	ctx := context.Background()
 	ns := s.namespace(t, "ds-surge-crash")
-	port := freePort(t)
-	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
-	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
-	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
-	old := s.onlyPod(t, ns)
+	addr, old := s.deployDaemonSet(t, ns)
 	waitServing(t, addr)
 	lc := s.startClients(t, addr, clientStreams)
 	// A short deadline for the handoff, so that the failure comes soon.
