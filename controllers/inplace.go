@@ -35,10 +35,10 @@ import (
 // export, and for its successor to claim the sockets.
 const DefaultInPlaceTimeout = 2 * time.Minute
 
-// JoinGrace is how long a ready pod's Migration may wait for the
+// DefaultJoinGrace is how long a ready pod's Migration may wait for the
 // container's process to join the node agent before the rollout treats
 // the pod as one whose application does not speak the protocol.
-const JoinGrace = 15 * time.Second
+const DefaultJoinGrace = 15 * time.Second
 
 // InPlaceReconciler rolls opted-in StatefulSets out in place. A
 // StatefulSet with updateStrategy OnDelete and the handoff.dev/update
@@ -59,6 +59,15 @@ type InPlaceReconciler struct {
 	Recorder events.EventRecorder
 	// Timeout of each pod's Migration; default DefaultInPlaceTimeout.
 	Timeout time.Duration
+	// JoinGrace defaults to DefaultJoinGrace.
+	JoinGrace time.Duration
+}
+
+func (r *InPlaceReconciler) joinGrace() time.Duration {
+	if r.JoinGrace > 0 {
+		return r.JoinGrace
+	}
+	return DefaultJoinGrace
 }
 
 // +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch
@@ -267,7 +276,7 @@ func (r *InPlaceReconciler) step(ctx context.Context, ro *rollout) (reconcile.Re
 		var err error
 		if t.mig != nil && !t.mig.Status.Phase.Final() {
 			// Looked at again in case its process never joins.
-			res.RequeueAfter = JoinGrace / 3
+			res.RequeueAfter = r.joinGrace() / 3
 		}
 		switch {
 		case t.mig != nil:
@@ -313,8 +322,8 @@ func (r *InPlaceReconciler) follow(ctx context.Context, ro *rollout, p *corev1.P
 		return r.notInPlace(ctx, ro, p, mig, fmt.Sprintf("its Migration %s failed: %s", mig.Name, mig.Status.Message))
 	}
 	if c := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred); c != nil &&
-		c.Reason == v1alpha1.ReasonWaitingForProcesses && time.Since(mig.CreationTimestamp.Time) > JoinGrace {
-		return r.notInPlace(ctx, ro, p, mig, fmt.Sprintf("no process of it joined the node agent within %v (does the application link the handoff SDK?)", JoinGrace))
+		c.Reason == v1alpha1.ReasonWaitingForProcesses && time.Since(mig.CreationTimestamp.Time) > r.joinGrace() {
+		return r.notInPlace(ctx, ro, p, mig, fmt.Sprintf("no process of it joined the node agent within %v (does the application link the handoff SDK?)", r.joinGrace()))
 	}
 	return false, nil
 }

@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
+	"github.com/handoff-dev/handoff/controllers"
 )
 
 // sts is a StatefulSet as its controller, kubelet and the pods' owners
@@ -431,5 +433,42 @@ func TestInPlaceDaemonSet(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
 		}
+	}
+}
+
+// TestInPlaceNoProcess: a pod whose application never joins the node
+// agent (its Migration stays WaitingForProcesses) is not a hang: after the
+// join grace it is handled as a pod that cannot be updated in place.
+func TestInPlaceNoProcess(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "inplace-no-process")
+	s := newSTS(t, ns, 1, map[string]string{v1alpha1.UpdateAnnotation: string(v1alpha1.InPlaceIfPossible)})
+	s.update("web-r2", template("streamer:2", "a"))
+	m := migrationOf(t, ns, "web-0", "web-r2")
+	// The agent's report while it waits for a process that never comes.
+	meta.SetStatusCondition(&m.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionTransferred, Status: metav1.ConditionUnknown,
+		Reason: v1alpha1.ReasonWaitingForProcesses, Message: "waiting for the process of container streamer of source pod web-0 to join the agent socket"})
+	m.Status.Phase = v1alpha1.PhaseScheduled
+	if err := k8s.Status().Update(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, ns, "web", "pod web-0 cannot be updated in place", "no process of it joined the node agent")
+	p := &corev1.Pod{}
+	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p)
+	if !apierrors.IsNotFound(err) && (err != nil || p.DeletionTimestamp == nil) {
+		t.Fatalf("pod web-0 after its process never joined: %v, deleting %v; want it deleted (InPlaceIfPossible)", err, p.DeletionTimestamp)
+	}
+}
+
+// TestInPlaceBadTimeout: a timeout that is not a duration is a Warning
+// that names it, and the rollout goes on with the default.
+func TestInPlaceBadTimeout(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "inplace-bad-timeout")
+	s := newSTS(t, ns, 1, map[string]string{v1alpha1.UpdateAnnotation: string(v1alpha1.InPlaceOnly), v1alpha1.TimeoutAnnotation: "forever"})
+	s.update("web-r2", template("streamer:2", "a"))
+	waitEvent(t, ns, "web", `handoff.dev/timeout="forever" is not a duration from 1s to 1h`)
+	if m := migrationOf(t, ns, "web-0", "web-r2"); m.Spec.TimeoutOrDefault() != controllers.DefaultInPlaceTimeout {
+		t.Fatalf("migration timeout %v; want the default %v", m.Spec.TimeoutOrDefault(), controllers.DefaultInPlaceTimeout)
 	}
 }

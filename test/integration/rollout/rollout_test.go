@@ -44,6 +44,9 @@ import (
 // bound is how long any wait may take before it counts as a hang.
 const bound = 30 * time.Second
 
+// joinGrace is the rollout's wait for a process to join, shortened.
+const joinGrace = 2 * time.Second
+
 var (
 	cfg     *rest.Config
 	scheme  = runtime.NewScheme()
@@ -101,8 +104,8 @@ func startManager(t *testing.T) (stop func()) {
 		t.Fatal(err)
 	}
 	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
-		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{},
-		&controllers.InPlaceDaemonSetReconciler{},
+		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{JoinGrace: joinGrace},
+		&controllers.InPlaceDaemonSetReconciler{InPlaceReconciler: controllers.InPlaceReconciler{JoinGrace: joinGrace}},
 	} {
 		if err := c.SetupWithManager(mgr); err != nil {
 			t.Fatal(err)
