@@ -101,7 +101,7 @@ func startManager(t *testing.T) (stop func()) {
 		t.Fatal(err)
 	}
 	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
-		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{},
+		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{}, &controllers.DeploymentReconciler{},
 	} {
 		if err := c.SetupWithManager(mgr); err != nil {
 			t.Fatal(err)
