@@ -74,13 +74,18 @@ func (r *DaemonSetChecker) Reconcile(ctx context.Context, req reconcile.Request)
 	return reconcile.Result{}, nil
 }
 
-// CheckDaemonSet lists what keeps an opted-in DaemonSet's rollout from
-// handing its pods' sockets over, each with what to change.
+// CheckDaemonSet lists what keeps an opted-in DaemonSet's surge rollout
+// from handing its pods' sockets over, each with what to change. A
+// DaemonSet with the UpdateAnnotation is updated in place instead
+// (InPlaceDaemonSetReconciler checks that one).
 func CheckDaemonSet(ds *appsv1.DaemonSet) []string {
+	if _, inPlace := ds.Annotations[v1alpha1.UpdateAnnotation]; inPlace {
+		return nil
+	}
 	var out []string
 	spec := &ds.Spec.Template.Spec
 	if !spec.HostNetwork {
-		out = append(out, "its pods use the pod network, where a new pod has a network namespace of its own and cannot take over the old pod's sockets: set hostNetwork: true (in-place updates of pod-network DaemonSets are not supported yet)")
+		out = append(out, fmt.Sprintf("its pods use the pod network, where a new pod has a network namespace of its own and cannot take over the old pod's sockets: set hostNetwork: true, or update the pods in place (updateStrategy OnDelete and the annotation %s: %s)", v1alpha1.UpdateAnnotation, v1alpha1.InPlaceIfPossible))
 	}
 	if spec.HostNetwork {
 		for _, c := range spec.Containers {

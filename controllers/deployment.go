@@ -44,7 +44,8 @@ type DeploymentReconciler struct {
 	Client client.Client
 	// Recorder records Events on the Deployment; nil records none.
 	Recorder events.EventRecorder
-	// Timeout of each pod's Migration; default DefaultInPlaceTimeout.
+	// Timeout of each pod's Migration; default DefaultInPlaceTimeout,
+	// overridden by v1alpha1.TimeoutAnnotation on the pod or Deployment.
 	Timeout time.Duration
 }
 
@@ -71,7 +72,7 @@ func (r *DeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&appsv1.Deployment{}, builder.WithPredicates(marked)).
 		Owns(&appsv1.ReplicaSet{}).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.deploymentOfPod)).
-		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(deploymentOfMigration)).
+		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(workloadOf("Deployment"))).
 		Complete(r)
 }
 
@@ -90,15 +91,6 @@ func (r *DeploymentReconciler) deploymentOfPod(ctx context.Context, o client.Obj
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: d.Name}}}
-}
-
-// deploymentOfMigration maps a rollout's Migration to its Deployment.
-func deploymentOfMigration(_ context.Context, o client.Object) []reconcile.Request {
-	l := o.GetLabels()
-	if l[v1alpha1.WorkloadKindLabel] != "Deployment" || l[v1alpha1.WorkloadLabel] == "" {
-		return nil
-	}
-	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[v1alpha1.WorkloadLabel]}}}
 }
 
 // deployRollout is one Deployment's in-place rollout as read at the start
@@ -391,9 +383,9 @@ func (r *DeploymentReconciler) startPod(ctx context.Context, dr *deployRollout, 
 	if containerImage(p, dr.ro.Container) == "" {
 		return true, r.notInPlace(ctx, dr, p, nil, fmt.Sprintf("it has no container %s", dr.ro.Container))
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultInPlaceTimeout
+	timeout, problem := migrationTimeout(r.Timeout, DefaultInPlaceTimeout, p.Annotations, dr.d.Annotations)
+	if problem != "" {
+		r.event(dr.d, p, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
 	c := dr.ro.Container
 	mig := &v1alpha1.Migration{

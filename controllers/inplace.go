@@ -74,37 +74,48 @@ func (r *InPlaceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(Name)
 	}
-	annotated := predicate.NewPredicateFuncs(func(o client.Object) bool {
-		_, ok := o.GetAnnotations()[v1alpha1.UpdateAnnotation]
-		return ok
-	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("inplace").
 		For(&appsv1.StatefulSet{}, builder.WithPredicates(annotated)).
 		Owns(&corev1.Pod{}).
-		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(r.workloadOfMigration)).
+		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(workloadOf("StatefulSet"))).
 		Complete(r)
 }
 
-// workloadOfMigration maps a rollout's Migration to its StatefulSet.
-func (r *InPlaceReconciler) workloadOfMigration(_ context.Context, o client.Object) []reconcile.Request {
-	l := o.GetLabels()
-	if l[v1alpha1.WorkloadKindLabel] != "StatefulSet" || l[v1alpha1.WorkloadLabel] == "" {
-		return nil
+// workloadOf maps a rollout's Migration to its workload of kind.
+func workloadOf(kind string) handler.MapFunc {
+	return func(_ context.Context, o client.Object) []reconcile.Request {
+		l := o.GetLabels()
+		if l[v1alpha1.WorkloadKindLabel] != kind || l[v1alpha1.WorkloadLabel] == "" {
+			return nil
+		}
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[v1alpha1.WorkloadLabel]}}}
 	}
-	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[v1alpha1.WorkloadLabel]}}}
 }
 
-// rollout is one StatefulSet's in-place rollout as read at the start of a
-// reconcile.
+// annotated selects workloads with the UpdateAnnotation.
+var annotated = predicate.NewPredicateFuncs(func(o client.Object) bool {
+	_, ok := o.GetAnnotations()[v1alpha1.UpdateAnnotation]
+	return ok
+})
+
+// rollout is one workload's in-place rollout as read at the start of a
+// reconcile. The kinds differ in how a pod names its revision and which
+// labels say it is updated; the rest is shared.
 type rollout struct {
-	sts            *appsv1.StatefulSet
+	obj            client.Object // the StatefulSet or DaemonSet
+	kind           string
 	mode           v1alpha1.UpdateMode
-	update         string // the update revision's name
+	update         string // the update revision's ControllerRevision name
+	hash           string // its hash, in Migration names and labels
 	updateTemplate *corev1.PodTemplateSpec
 	partition      int
 	maxUnavailable int
-	pods           []*corev1.Pod // the StatefulSet's pods, highest ordinal first
+	pods           []*corev1.Pod // in the order they are updated
+	// revisionOf is the ControllerRevision name of a pod's revision.
+	revisionOf func(*corev1.Pod) string
+	// moveLabels sets a pod's labels to say it is of the update revision.
+	moveLabels func(*corev1.Pod)
 }
 
 // Reconcile moves one StatefulSet's rollout forward: check the spec →
@@ -114,7 +125,7 @@ func (r *InPlaceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if err := r.Client.Get(ctx, req.NamespacedName, sts); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	ro, problem := r.check(sts)
+	ro, problem := checkOptIn(sts, "StatefulSet", sts.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType, string(sts.Spec.UpdateStrategy.Type))
 	if problem != "" {
 		r.event(sts, nil, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 		return reconcile.Result{}, nil
@@ -122,64 +133,69 @@ func (r *InPlaceReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if sts.Status.UpdateRevision == "" || sts.Status.ObservedGeneration < sts.Generation {
 		return reconcile.Result{}, nil // the StatefulSet controller has not caught up
 	}
+	ro.update = sts.Status.UpdateRevision
+	ro.hash = strings.TrimPrefix(ro.update, sts.Name+"-")
+	ro.revisionOf = func(p *corev1.Pod) string { return p.Labels[appsv1.StatefulSetRevisionLabel] }
+	ro.moveLabels = func(p *corev1.Pod) { p.Labels[appsv1.StatefulSetRevisionLabel] = ro.update }
 	if err := r.load(ctx, ro); err != nil {
 		return reconcile.Result{}, err
 	}
+	// Highest ordinal first, as the StatefulSet controller rolls out.
+	slices.SortFunc(ro.pods, func(a, b *corev1.Pod) int { return ordinal(b) - ordinal(a) })
 	return r.step(ctx, ro)
 }
 
-// check validates the StatefulSet's opt-in; a problem is a sentence that
-// says what to change.
-func (r *InPlaceReconciler) check(sts *appsv1.StatefulSet) (*rollout, string) {
-	ro := &rollout{sts: sts, mode: v1alpha1.UpdateMode(sts.Annotations[v1alpha1.UpdateAnnotation]), maxUnavailable: 1}
+// checkOptIn validates a workload's opt-in; a problem is a sentence that
+// says what to change. onDelete says whether its update strategy is
+// OnDelete (strategy names the one it has).
+func checkOptIn(obj client.Object, kind string, onDelete bool, strategy string) (*rollout, string) {
+	a := obj.GetAnnotations()
+	ro := &rollout{obj: obj, kind: kind, mode: v1alpha1.UpdateMode(a[v1alpha1.UpdateAnnotation]), maxUnavailable: 1}
 	if ro.mode != v1alpha1.InPlaceIfPossible && ro.mode != v1alpha1.InPlaceOnly {
 		return nil, fmt.Sprintf("%s=%q is neither %s nor %s: nothing is updated in place", v1alpha1.UpdateAnnotation, ro.mode, v1alpha1.InPlaceIfPossible, v1alpha1.InPlaceOnly)
 	}
-	if sts.Spec.UpdateStrategy.Type != appsv1.OnDeleteStatefulSetStrategyType {
-		return nil, fmt.Sprintf("%s is set but updateStrategy.type is %q: set it to OnDelete, so that the StatefulSet controller leaves the pods to handoff (until then it replaces them itself)", v1alpha1.UpdateAnnotation, sts.Spec.UpdateStrategy.Type)
+	if !onDelete {
+		return nil, fmt.Sprintf("%s is set but updateStrategy.type is %q: set it to OnDelete, so that the %s controller leaves the pods to handoff (until then it replaces them itself)", v1alpha1.UpdateAnnotation, strategy, kind)
 	}
-	for _, a := range []struct {
+	for _, an := range []struct {
 		key string
 		to  *int
 		min int
 	}{{v1alpha1.PartitionAnnotation, &ro.partition, 0}, {v1alpha1.MaxUnavailableAnnotation, &ro.maxUnavailable, 1}} {
-		if v, ok := sts.Annotations[a.key]; ok {
+		if v, ok := a[an.key]; ok {
 			n, err := strconv.Atoi(v)
-			if err != nil || n < a.min {
-				return nil, fmt.Sprintf("%s=%q is not a whole number of at least %d", a.key, v, a.min)
+			if err != nil || n < an.min {
+				return nil, fmt.Sprintf("%s=%q is not a whole number of at least %d", an.key, v, an.min)
 			}
-			*a.to = n
+			*an.to = n
 		}
 	}
 	return ro, ""
 }
 
-// load reads the update revision's template and the pods, highest
-// ordinal first.
+// load reads the update revision's template and the workload's pods.
 func (r *InPlaceReconciler) load(ctx context.Context, ro *rollout) error {
-	sts := ro.sts
-	ro.update = sts.Status.UpdateRevision
-	tpl, err := r.revisionTemplate(ctx, sts.Namespace, ro.update)
+	ns := ro.obj.GetNamespace()
+	tpl, err := r.revisionTemplate(ctx, ns, ro.update)
 	if err != nil {
 		return err
 	}
 	ro.updateTemplate = tpl
 	var pods corev1.PodList
-	if err := r.Client.List(ctx, &pods, client.InNamespace(sts.Namespace)); err != nil {
-		return fmt.Errorf("list pods of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+	if err := r.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		return fmt.Errorf("list pods of %s %s/%s: %w", strings.ToLower(ro.kind), ns, ro.obj.GetName(), err)
 	}
 	for i := range pods.Items {
-		if metav1.IsControlledBy(&pods.Items[i], sts) {
+		if metav1.IsControlledBy(&pods.Items[i], ro.obj) {
 			ro.pods = append(ro.pods, &pods.Items[i])
 		}
 	}
-	slices.SortFunc(ro.pods, func(a, b *corev1.Pod) int { return ordinal(b) - ordinal(a) })
 	return nil
 }
 
-// revisionTemplate decodes the pod template a StatefulSet's
-// ControllerRevision holds (a patch of the spec that replaces the
-// template).
+// revisionTemplate decodes the pod template a StatefulSet's or
+// DaemonSet's ControllerRevision holds (a patch of the spec that replaces
+// the template).
 func (r *InPlaceReconciler) revisionTemplate(ctx context.Context, ns, name string) (*corev1.PodTemplateSpec, error) {
 	cr := &appsv1.ControllerRevision{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, cr); err != nil {
@@ -219,7 +235,9 @@ func (r *InPlaceReconciler) step(ctx context.Context, ro *rollout) (reconcile.Re
 		if p.DeletionTimestamp != nil || !podReady(p) {
 			busy++
 		}
-		if ordinal(p) < ro.partition || p.Labels[appsv1.StatefulSetRevisionLabel] == ro.update || p.DeletionTimestamp != nil {
+		// The partition is a StatefulSet's: its pods have ordinals.
+		below := ro.kind == "StatefulSet" && ordinal(p) < ro.partition
+		if below || ro.revisionOf(p) == ro.update || p.DeletionTimestamp != nil {
 			continue
 		}
 		mig := &v1alpha1.Migration{}
@@ -267,7 +285,7 @@ func (r *InPlaceReconciler) step(ctx context.Context, ro *rollout) (reconcile.Re
 // migrationName names the Migration that updates pod p to the update
 // revision: the pod and the revision's hash.
 func (r *InPlaceReconciler) migrationName(ro *rollout, p *corev1.Pod) string {
-	return p.Name + "-" + strings.TrimPrefix(ro.update, ro.sts.Name+"-")
+	return p.Name + "-" + ro.hash
 }
 
 // follow applies the outcome of pod p's Migration once it has one. stop
@@ -279,7 +297,7 @@ func (r *InPlaceReconciler) follow(ctx context.Context, ro *rollout, p *corev1.P
 			return false, err
 		}
 		orig := p.DeepCopy()
-		p.Labels[appsv1.StatefulSetRevisionLabel] = ro.update
+		ro.moveLabels(p)
 		if err := r.Client.Patch(ctx, p, client.MergeFrom(orig), client.FieldOwner(v1alpha1.ControllerFieldManager)); err != nil {
 			return false, fmt.Errorf("move pod %s/%s to revision %s: %w", p.Namespace, p.Name, ro.update, err)
 		}
@@ -287,7 +305,7 @@ func (r *InPlaceReconciler) follow(ctx context.Context, ro *rollout, p *corev1.P
 		if mig.Status.Pause != nil {
 			pause = "; pause " + mig.Status.Pause.Duration.Round(time.Millisecond).String()
 		}
-		r.event(ro.sts, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatedInPlace, fmt.Sprintf("pod %s updated in place to revision %s by Migration %s%s", p.Name, ro.update, mig.Name, pause))
+		r.event(ro.obj, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatedInPlace, fmt.Sprintf("pod %s updated in place to revision %s by Migration %s%s", p.Name, ro.update, mig.Name, pause))
 		log.FromContext(ctx).Info("pod updated in place", "pod", p.Name, "revision", ro.update, "migration", mig.Name)
 		return false, nil
 	case v1alpha1.PhaseFailed:
@@ -307,16 +325,16 @@ func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Po
 	if why != "" {
 		return r.notInPlace(ctx, ro, p, nil, why)
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultInPlaceTimeout
+	timeout, problem := migrationTimeout(r.Timeout, DefaultInPlaceTimeout, p.Annotations, ro.obj.GetAnnotations())
+	if problem != "" {
+		r.event(ro.obj, p, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
 	mig := &v1alpha1.Migration{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: p.Namespace, Name: r.migrationName(ro, p),
 			Labels: map[string]string{
-				v1alpha1.WorkloadLabel: ro.sts.Name, v1alpha1.WorkloadKindLabel: "StatefulSet",
-				v1alpha1.RevisionLabel: strings.TrimPrefix(ro.update, ro.sts.Name+"-"),
+				v1alpha1.WorkloadLabel: ro.obj.GetName(), v1alpha1.WorkloadKindLabel: ro.kind,
+				v1alpha1.RevisionLabel: ro.hash,
 			},
 		},
 		Spec: v1alpha1.MigrationSpec{
@@ -331,7 +349,7 @@ func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Po
 	if err := r.Client.Create(ctx, mig); err != nil && !apierrors.IsAlreadyExists(err) {
 		return false, fmt.Errorf("create migration %s/%s: %w", mig.Namespace, mig.Name, err)
 	}
-	r.event(ro.sts, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatingInPlace,
+	r.event(ro.obj, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatingInPlace,
 		fmt.Sprintf("pod %s: Migration %s restarts container %s with image %s while the node agent holds its sockets", p.Name, mig.Name, container, image))
 	return false, nil
 }
@@ -345,9 +363,9 @@ func (r *InPlaceReconciler) eligible(ctx context.Context, ro *rollout, p *corev1
 		return "", "", err.Error()
 	}
 	container = p.Spec.Containers[i].Name
-	from, err := r.revisionTemplate(ctx, p.Namespace, p.Labels[appsv1.StatefulSetRevisionLabel])
+	from, err := r.revisionTemplate(ctx, p.Namespace, ro.revisionOf(p))
 	if err != nil {
-		return "", "", fmt.Sprintf("its revision %q cannot be read (%v)", p.Labels[appsv1.StatefulSetRevisionLabel], err)
+		return "", "", fmt.Sprintf("its revision %q cannot be read (%v)", ro.revisionOf(p), err)
 	}
 	image, err = workload.ImageOnly(from, ro.updateTemplate, container)
 	if err != nil {
@@ -361,7 +379,7 @@ func (r *InPlaceReconciler) eligible(ctx context.Context, ro *rollout, p *corev1
 // revision), the rollout stopped under InPlaceOnly.
 func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *corev1.Pod, mig *v1alpha1.Migration, why string) (stop bool, err error) {
 	if ro.mode == v1alpha1.InPlaceOnly {
-		r.event(ro.sts, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace, fmt.Sprintf("pod %s cannot be updated in place: %s; %s=%s, so the rollout stops here. Set %s or roll back the template", p.Name, why, v1alpha1.UpdateAnnotation, ro.mode, v1alpha1.InPlaceIfPossible))
+		r.event(ro.obj, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace, fmt.Sprintf("pod %s cannot be updated in place: %s; %s=%s, so the rollout stops here. Set %s or roll back the template", p.Name, why, v1alpha1.UpdateAnnotation, ro.mode, v1alpha1.InPlaceIfPossible))
 		return true, nil
 	}
 	if mig != nil {
@@ -369,12 +387,35 @@ func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *core
 			return false, err
 		}
 	}
-	r.event(ro.sts, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace,
-		fmt.Sprintf("pod %s cannot be updated in place: %s; deleting it so that the StatefulSet controller recreates it at revision %s (its clients are disconnected)", p.Name, why, ro.update))
+	r.event(ro.obj, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace,
+		fmt.Sprintf("pod %s cannot be updated in place: %s; deleting it so that the %s controller recreates it at revision %s (its clients are disconnected)", p.Name, why, ro.kind, ro.update))
 	if err := r.Client.Delete(ctx, p, client.Preconditions{UID: &p.UID}); client.IgnoreNotFound(err) != nil {
 		return false, fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return true, nil
+}
+
+// migrationTimeout is the timeout of a rollout's Migration: the first
+// TimeoutAnnotation found in annotations (the pod's, then the workload's),
+// else set, else def. A value that is not a duration from 1s to 1h is
+// ignored, and problem says so.
+func migrationTimeout(set, def time.Duration, annotations ...map[string]string) (d time.Duration, problem string) {
+	d = def
+	if set > 0 {
+		d = set
+	}
+	for _, a := range annotations {
+		v, ok := a[v1alpha1.TimeoutAnnotation]
+		if !ok {
+			continue
+		}
+		t, err := time.ParseDuration(v)
+		if err != nil || t < time.Second || t > time.Hour {
+			return d, fmt.Sprintf("%s=%q is not a duration from 1s to 1h; using %v", v1alpha1.TimeoutAnnotation, v, d)
+		}
+		return t, ""
+	}
+	return d, ""
 }
 
 // ownOutcome reports whether an applied Migration is the one that last

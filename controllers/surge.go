@@ -62,6 +62,7 @@ func (r *SurgeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("surge").
 		For(&corev1.Pod{}, builder.WithPredicates(gated)).
 		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &corev1.Pod{}, handler.OnlyControllerOwner())).
+		Watches(&appsv1.DaemonSet{}, handler.EnqueueRequestsFromMapFunc(r.podsOfDaemonSet)).
 		Complete(r)
 }
 
@@ -120,9 +121,15 @@ func (r *SurgeReconciler) start(ctx context.Context, pod *corev1.Pod) error {
 		return r.setGate(ctx, pod, corev1.ConditionFalse, v1alpha1.ReasonMigrationFailed, msg)
 	}
 	container := pod.Spec.Containers[i].Name
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultSurgeTimeout
+	var dsAnnotations map[string]string
+	if ds, err := r.daemonSet(ctx, pod); err != nil {
+		return err
+	} else if ds != nil {
+		dsAnnotations = ds.Annotations
+	}
+	timeout, problem := migrationTimeout(r.Timeout, DefaultSurgeTimeout, pod.Annotations, dsAnnotations)
+	if problem != "" {
+		r.workloadEvent(pod, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
 	mig := &v1alpha1.Migration{
 		ObjectMeta: metav1.ObjectMeta{
@@ -208,13 +215,14 @@ func (r *SurgeReconciler) retryFailed(ctx context.Context, pod *corev1.Pod) erro
 // Pause, with a Warning.
 func (r *SurgeReconciler) onFailure(ctx context.Context, pod *corev1.Pod) (v1alpha1.OnFailure, error) {
 	v, set := pod.Annotations[v1alpha1.OnFailureAnnotation]
-	if owner := metav1.GetControllerOf(pod); !set && owner != nil && owner.Kind == "DaemonSet" {
-		ds := &appsv1.DaemonSet{}
-		err := r.Client.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: owner.Name}, ds)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return "", fmt.Errorf("get daemonset %s/%s: %w", pod.Namespace, owner.Name, err)
+	if !set {
+		ds, err := r.daemonSet(ctx, pod)
+		if err != nil {
+			return "", err
 		}
-		v, set = ds.Annotations[v1alpha1.OnFailureAnnotation]
+		if ds != nil {
+			v, set = ds.Annotations[v1alpha1.OnFailureAnnotation]
+		}
 	}
 	switch p := v1alpha1.OnFailure(v); {
 	case !set || p == v1alpha1.OnFailurePause:
@@ -225,6 +233,40 @@ func (r *SurgeReconciler) onFailure(ctx context.Context, pod *corev1.Pod) (v1alp
 	r.event(pod, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload,
 		fmt.Sprintf("%s=%q is neither %s nor %s; acting as %s", v1alpha1.OnFailureAnnotation, v, v1alpha1.OnFailurePause, v1alpha1.OnFailureRecreate, v1alpha1.OnFailurePause))
 	return v1alpha1.OnFailurePause, nil
+}
+
+// daemonSet is the pod's DaemonSet, nil when it has none (or it is gone).
+func (r *SurgeReconciler) daemonSet(ctx context.Context, pod *corev1.Pod) (*appsv1.DaemonSet, error) {
+	owner := metav1.GetControllerOf(pod)
+	if owner == nil || owner.Kind != "DaemonSet" {
+		return nil, nil
+	}
+	ds := &appsv1.DaemonSet{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: owner.Name}, ds)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get daemonset %s/%s: %w", pod.Namespace, owner.Name, err)
+	}
+	return ds, nil
+}
+
+// podsOfDaemonSet wakes a DaemonSet's gated pods when it changes: its
+// on-failure annotation may now open a gate a failed handoff closed.
+func (r *SurgeReconciler) podsOfDaemonSet(ctx context.Context, o client.Object) []reconcile.Request {
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(o.GetNamespace())); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if metav1.IsControlledBy(p, o) && workload.Waiting(p) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)})
+		}
+	}
+	return reqs
 }
 
 // setGate writes the pod's Migrated condition if it changed.

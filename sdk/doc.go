@@ -69,9 +69,20 @@
 //
 // # Standby
 //
-// A new process started to receive a migration sets Options.Standby: Join
-// then waits until the agent hands it the sockets of another process (see
-// handoffctl migrate) or until StandbyTimeout passes. A process that starts
+// Unless Options.Standby is set, Join asks the agent whether a predecessor
+// will hand its sockets over to this process (protocol version 2). Under
+// Kubernetes the agent answers from the process's pod: wait when a
+// Migration names the pod as its target, or when the pod waits for its
+// handoff.dev/migrated readiness gate while an older pod of the same
+// workload serves on the node (a DaemonSet's surge rollout). Standalone it
+// answers start fresh. So an application needs one start mode. A process
+// told to wait that receives nothing within StandbyTimeout logs so, joins
+// again and serves fresh sockets.
+//
+// A new process started to receive a migration by hand sets
+// Options.Standby: Join then waits until the agent hands it the sockets of
+// another process (see handoffctl migrate) or until StandbyTimeout passes,
+// and returns ErrStandbyTimeout then. A process that starts
 // while the agent holds sockets stored for its name (the in-place restart
 // case) receives them during Join whether or not it is in standby.
 //

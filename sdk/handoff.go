@@ -54,7 +54,8 @@ type Options struct {
 	// else the program's base name.
 	Name string
 	// Standby makes Join wait for another process's sockets before it
-	// returns, instead of starting fresh.
+	// returns, instead of starting fresh. Without it Join asks the agent,
+	// which may tell it to wait (see the package documentation).
 	Standby bool
 	// StandbyTimeout bounds the wait in standby. Default:
 	// DefaultStandbyTimeout.

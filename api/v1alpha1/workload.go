@@ -81,6 +81,11 @@ const MaxUnavailableAnnotation = "handoff.dev/max-unavailable"
 // mistake it for its own.
 const AppliedAnnotation = "handoff.dev/applied"
 
+// TimeoutAnnotation, on a workload (or its pod template), sets the
+// timeout of the Migrations its rollouts create (a duration from 1s to
+// 1h, as spec.timeout). Default: 5m for the DaemonSet surge, 2m in place.
+const TimeoutAnnotation = "handoff.dev/timeout"
+
 // ConditionMigrated is the pod condition, and readiness gate, that a pod
 // of an opted-in workload waits for: True once its predecessor on the node
 // handed it every socket, or at once when it has no predecessor.

@@ -95,6 +95,10 @@ func main() {
 		log.Error(err, "set up the in-place rollout controller")
 		os.Exit(1)
 	}
+	if err := (&controllers.InPlaceDaemonSetReconciler{}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "set up the in-place DaemonSet rollout controller")
+		os.Exit(1)
+	}
 	if err := (&controllers.DeploymentReconciler{}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up the Deployment in-place rollout controller")
 		os.Exit(1)

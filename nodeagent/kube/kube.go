@@ -149,6 +149,7 @@ type endpoint struct {
 	role, pod, container string
 	statusID             string    // runtime://id of the running container
 	lastExit             time.Time // when the container's last exited instance finished (zero: none)
+	lastChange           time.Time // the pod's latest status change kubelet made (a sync)
 	podUID               types.UID
 	session              admin.Session
 }
@@ -187,8 +188,13 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
+			hint := ""
+			var nj *notJoinedError
+			if errors.As(last, &nj) {
+				hint = " Does the application link the handoff SDK, and does its pod mount the agent's socket directory?"
+			}
 			return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
-				fmt.Sprintf("%v by the deadline; nothing was moved. Does the application link the handoff SDK, and does its pod mount the agent's socket directory?", last))
+				fmt.Sprintf("%v by the deadline; nothing was moved.%s", last, hint))
 		}
 		select {
 		case <-ctx.Done():
@@ -253,6 +259,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	if err := r.awaitBackoff(ctx, mig, src, key, deadline); err != nil {
 		return err
 	}
+	r.awaitKubeletQuiet(ctx, src, deadline)
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
 		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
 		return err
@@ -398,6 +405,91 @@ func (r *Reconciler) awaitBackoff(ctx context.Context, mig *v1alpha1.Migration, 
 	return nil
 }
 
+// kubeletQuiet is how long after kubelet last synced a pod the agent
+// starts its in-place restart. kubelet starts each sync of a pod only once
+// its runtime cache was refreshed after the previous sync ended (the pod
+// worker's GetNewerThan: a relist every second, and the relist's own
+// time); an image patch that lands within that window waits for it with
+// every socket held: "until kubelet saw it" in the pause's breakdown
+// (the README has the numbers).
+const kubeletQuiet = 3 * time.Second
+
+// lastChange is the latest status change kubelet reported for pod (a
+// container started, a condition changed): each came from a sync. The
+// API's timestamps are whole seconds, cut down: the change may have come
+// up to a second later.
+func lastChange(pod *corev1.Pod) time.Time {
+	var t time.Time
+	for _, c := range pod.Status.Conditions {
+		t = later(t, c.LastTransitionTime.Time)
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.State.Running != nil {
+			t = later(t, cs.State.Running.StartedAt.Time)
+		}
+	}
+	if t.IsZero() {
+		return t
+	}
+	return t.Add(time.Second)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// awaitKubeletQuiet waits, before anything is frozen and while the
+// process serves on, until kubelet's last sync of the pod is kubeletQuiet
+// old, so that kubelet acts on the image patch at once (see kubeletQuiet).
+// It gives up at the deadline's half; the restart then only takes longer.
+func (r *Reconciler) awaitKubeletQuiet(ctx context.Context, src *endpoint, deadline time.Time) {
+	if src.lastChange.IsZero() {
+		return
+	}
+	d := time.Until(src.lastChange.Add(kubeletQuiet))
+	d = min(d, time.Until(deadline)/2)
+	if d <= 0 {
+		return
+	}
+	log.FromContext(ctx).V(1).Info("waiting for kubelet's last sync of the pod to age before the restart", "wait", d.String())
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// notJoinedError: the container runs, but no process of it joined the
+// agent.
+type notJoinedError struct{ msg string }
+
+func (e *notJoinedError) Error() string { return e.msg }
+
+// notRunningWhy says what kubelet reports about a container that does not
+// run: why it waits, and how its last instance ended.
+func notRunningWhy(pod *corev1.Pod, container string) string {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name != container {
+			continue
+		}
+		why := ""
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			why = " (" + w.Reason
+			if t := cs.LastTerminationState.Terminated; t != nil {
+				why += fmt.Sprintf(", its last run exited with code %d", t.ExitCode)
+				if t.Reason != "" {
+					why += ", " + t.Reason
+				}
+			}
+			why += ")"
+		}
+		return why
+	}
+	return ""
+}
+
 // fatalError is a lookup failure that waiting cannot fix.
 type fatalError struct{ reason, msg string }
 
@@ -482,8 +574,9 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		e.podUID = pod.UID
 		e.statusID = runningContainerID(pod, e.container)
 		e.lastExit = lastExit(pod, e.container)
+		e.lastChange = lastChange(pod)
 		if e.statusID == "" {
-			return fmt.Errorf("%v is not running", e)
+			return fmt.Errorf("%v is not running%s", e, notRunningWhy(pod, e.container))
 		}
 		var found []admin.Session
 		for _, s := range sessions {
@@ -494,7 +587,7 @@ func (r *Reconciler) find(ctx context.Context, mig *v1alpha1.Migration, eps ...*
 		}
 		switch {
 		case len(found) == 0:
-			return fmt.Errorf("no process of %v (%s) has joined the agent", e, e.statusID)
+			return &notJoinedError{fmt.Sprintf("no process of %v (%s) has joined the agent", e, e.statusID)}
 		case len(found) > 1:
 			// Two processes in one container: prefer the one in the role's
 			// expected state (active source, standby target).

@@ -156,6 +156,7 @@ func TestCluster(t *testing.T) {
 	t.Run("Refused", s.testRefused)
 	t.Run("AdminOnlyFromAgent", s.testAdminOnlyFromAgent)
 	t.Run("DaemonSetSurge", s.testDaemonSetSurge)
+	t.Run("DaemonSetSurgeCrash", s.testDaemonSetSurgeCrash)
 	t.Run("StatefulSetInPlace", s.testStatefulSetInPlace)
 	t.Run("InPlaceRepeated", s.testInPlaceRepeated)
 	if !t.Failed() {

@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -302,4 +303,81 @@ func (s *suite) waitCreatedPodReady(t *testing.T, ns, name string) *corev1.Pod {
 		return err == nil, "", err
 	})
 	return s.waitPodReady(t, ns, name)
+}
+
+// testDaemonSetSurgeCrash rolls a labelled hostNetwork DaemonSet out to an
+// image that crashes on start (the handoff image, whose /manager refuses
+// the streamer's flags): under on-failure Pause, the default, the handoff
+// fails at its deadline, the gate stays closed, the old pod serves every
+// client on and the rollout stops, with the reason on the new pod's
+// condition and an Event on the DaemonSet. Setting the image back rolls
+// out with a handoff again.
+func (s *suite) testDaemonSetSurgeCrash(t *testing.T) {
+	ctx := context.Background()
+	ns := s.namespace(t, "ds-surge-crash")
+	port := freePort(t)
+	addr := net.JoinHostPort(s.nodeIP, strconv.Itoa(port))
+	s.runInput(t, time.Minute, streamerDaemonSet(ns, s.streamer, port), s.kubectl, "apply", "-f", "-")
+	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=2m")
+	old := s.onlyPod(t, ns)
+	waitServing(t, addr)
+	lc := s.startClients(t, addr, clientStreams)
+	// A short deadline for the handoff, so that the failure comes soon.
+	s.run(t, time.Minute, s.kubectl, "annotate", "-n", ns, "ds/streamer", handoffv1.TimeoutAnnotation+"=20s")
+
+	start := time.Now()
+	crashing := s.imageRepo + ":" + s.imageTag
+	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "ds/streamer", streamerName+"="+crashing)
+	var newPod corev1.Pod
+	waitFor(t, "the new pod's gate closed by the failed handoff", 2*time.Minute, func() (bool, string, error) {
+		var pods corev1.PodList
+		if err := s.c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return false, "", err
+		}
+		for _, p := range pods.Items {
+			if p.Name == old.Name {
+				continue
+			}
+			newPod = p
+			if c := workload.GateCondition(&p); c != nil {
+				return c.Reason == handoffv1.ReasonMigrationFailed, c.Reason + ": " + c.Message, nil
+			}
+			return false, "no gate condition yet", nil
+		}
+		return false, "no new pod yet", nil
+	})
+	c := workload.GateCondition(&newPod)
+	s.timing("%s: kubectl set image to a crashing image → handoff failed, rollout paused, in %v", ns, time.Since(start).Round(time.Millisecond))
+	t.Logf("new pod %s: %s", newPod.Name, c.Message)
+	var oldNow corev1.Pod
+	if err := s.c.Get(ctx, client.ObjectKeyFromObject(old), &oldNow); err != nil || oldNow.DeletionTimestamp != nil {
+		t.Fatalf("the old pod after the failed handoff: %v, deleting %v; want it serving", err, oldNow.DeletionTimestamp)
+	}
+	if podCondition(&newPod, corev1.PodReady).Status == corev1.ConditionTrue {
+		t.Fatalf("the new pod %s is Ready after its handoff failed", newPod.Name)
+	}
+	var evs eventsv1.EventList
+	if err := s.c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	warned := false
+	for _, e := range evs.Items {
+		warned = warned || e.Regarding.Kind == "DaemonSet" && e.Reason == handoffv1.ReasonMigrationFailed
+	}
+	if !warned {
+		t.Errorf("no %s Event on the DaemonSet", handoffv1.ReasonMigrationFailed)
+	}
+	s.checkClients(t, lc, "a handoff to a crashing image")
+
+	// Back to the good image: the crashing pod goes, and a new one takes
+	// the sockets over.
+	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "ds/streamer", streamerName+"="+s.streamerNext)
+	s.run(t, 4*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "ds/streamer", "--timeout=3m")
+	s.waitPodGone(t, ns, old.Name)
+	cur := s.onlyPod(t, ns)
+	if cur.Spec.Containers[0].Image != s.streamerNext || !workload.GateOpen(cur) {
+		t.Fatalf("pod %s runs %s, gate %+v; want %s with its gate open", cur.Name, cur.Spec.Containers[0].Image, workload.GateCondition(cur), s.streamerNext)
+	}
+	s.checkClients(t, lc, "setting the image back")
+	s.stopClients(t, lc)
 }

@@ -139,9 +139,15 @@ func migrationOf(t *testing.T, ns, pod, rev string) *v1alpha1.Migration {
 // noMigration checks that pod has no Migration to rev right now.
 func noMigration(t *testing.T, ns, pod, rev string) {
 	t.Helper()
-	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: pod + "-" + strings.TrimPrefix(rev, "web-")}, &v1alpha1.Migration{})
+	noMigrationNamed(t, ns, pod+"-"+strings.TrimPrefix(rev, "web-"))
+}
+
+// noMigrationNamed checks that no Migration of that name exists now.
+func noMigrationNamed(t *testing.T, ns, name string) {
+	t.Helper()
+	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &v1alpha1.Migration{})
 	if !apierrors.IsNotFound(err) {
-		t.Fatalf("pod %s has a Migration to %s (%v); want none yet", pod, rev, err)
+		t.Fatalf("migration %s exists (%v); want none yet", name, err)
 	}
 }
 
@@ -278,5 +284,152 @@ func TestInPlaceBadInput(t *testing.T) {
 				t.Fatalf("pod web-0 after the warning: %v, deleting %v; want it untouched", err, p.DeletionTimestamp)
 			}
 		})
+	}
+}
+
+// TestInPlaceAgainToSameRevision: r1 → r2 → r1 → r2 of one pod: the last
+// step is a rollout to a revision the pod had before, whose Migration of
+// the first time is applied and no longer the pod's state: it must get a
+// Migration of its own, not be counted as done.
+func TestInPlaceAgainToSameRevision(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "inplace-again")
+	s := newSTS(t, ns, 1, map[string]string{v1alpha1.UpdateAnnotation: string(v1alpha1.InPlaceOnly)})
+	images := []string{"streamer:2", "streamer:1", "streamer:2"}
+	revs := []string{"web-r2", "web-r1b", "web-r2"}
+	for i, image := range images {
+		rev := revs[i]
+		if i < 2 {
+			s.update(rev, template(image, "a"))
+		} else {
+			// Back to r2: the StatefulSet controller reuses the
+			// revision of an equal template.
+			if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(s.obj), s.obj); err != nil {
+				t.Fatal(err)
+			}
+			s.obj.Spec.Template = template(image, "a")
+			if err := k8s.Update(context.Background(), s.obj); err != nil {
+				t.Fatal(err)
+			}
+			s.status(rev)
+		}
+		var m *v1alpha1.Migration
+		deadline := time.Now().Add(bound)
+		for {
+			m = migrationOf(t, ns, "web-0", rev)
+			if m.Annotations[v1alpha1.AppliedAnnotation] != "true" && m.Status.Phase == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("step %d: only the applied Migration %s of an earlier rollout to %s", i+1, m.Name, rev)
+			}
+			time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+		}
+		if m.Spec.Target.Image != image {
+			t.Fatalf("step %d: migration to %s sets image %s, want %s", i+1, rev, m.Spec.Target.Image, image)
+		}
+		// The agent restarts the container with the image; then the
+		// Migration completes.
+		p := &corev1.Pod{}
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p); err != nil {
+			t.Fatal(err)
+		}
+		orig := p.DeepCopy()
+		p.Spec.Containers[0].Image = image
+		if err := k8s.Patch(context.Background(), p, client.MergeFrom(orig)); err != nil {
+			t.Fatal(err)
+		}
+		finish(t, m, v1alpha1.PhaseCompleted, "restarted")
+		waitRevision(t, ns, "web-0", rev)
+	}
+}
+
+// TestInPlaceDaemonSet: a pod-network DaemonSet with OnDelete and the
+// annotation is updated in place node by node; its pods' revision hash and
+// template generation labels move, which is what the DaemonSet controller
+// counts.
+func TestInPlaceDaemonSet(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "inplace-ds")
+	ctx := context.Background()
+	ds := daemonSet(t, ns, "agentish", func(ds *appsv1.DaemonSet) {
+		ds.Annotations = map[string]string{v1alpha1.UpdateAnnotation: string(v1alpha1.InPlaceIfPossible), appsv1.DeprecatedTemplateGeneration: "1"}
+		ds.Spec.Template.Spec.HostNetwork = false
+		ds.Spec.UpdateStrategy = appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}
+	})
+	dsRevision := func(hash string, n int64, tpl corev1.PodTemplateSpec) {
+		raw, err := json.Marshal(map[string]any{"spec": map[string]any{"template": tpl}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cr := &appsv1.ControllerRevision{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agentish-" + hash,
+			Labels: map[string]string{appsv1.DefaultDaemonSetUniqueLabelKey: hash}}, Data: runtime.RawExtension{Raw: raw}, Revision: n}
+		if err := ctrl.SetControllerReference(ds, cr, scheme); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, cr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dsRevision("h1", 1, ds.Spec.Template)
+	for _, node := range []string{"node-b", "node-a"} {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agentish-" + node,
+				Labels: map[string]string{"app": "agentish", appsv1.DefaultDaemonSetUniqueLabelKey: "h1", "pod-template-generation": "1"}},
+			Spec: *ds.Spec.Template.Spec.DeepCopy(),
+		}
+		p.Spec.NodeName = node
+		if err := ctrl.SetControllerReference(ds, p, scheme); err != nil {
+			t.Fatal(err)
+		}
+		if err := k8s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		orig := p.DeepCopy()
+		p.Status.Phase = corev1.PodRunning
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		if err := k8s.Status().Patch(ctx, p, client.MergeFrom(orig)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// kubectl set image, and the DaemonSet controller's part.
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(ds), ds); err != nil {
+		t.Fatal(err)
+	}
+	ds.Spec.Template.Spec.Containers[0].Image = "streamer:2"
+	ds.Annotations[appsv1.DeprecatedTemplateGeneration] = "2"
+	if err := k8s.Update(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	dsRevision("h2", 2, ds.Spec.Template)
+	ds.Status = appsv1.DaemonSetStatus{ObservedGeneration: ds.Generation}
+	if err := k8s.Status().Update(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+
+	// node-a first, then node-b.
+	for _, node := range []string{"node-a", "node-b"} {
+		m := waitMigration(t, ns, "agentish-"+node+"-h2")
+		if m.Spec.Target.Image != "streamer:2" || m.Labels[v1alpha1.WorkloadKindLabel] != "DaemonSet" {
+			t.Fatalf("migration %+v labels %v", m.Spec, m.Labels)
+		}
+		if node == "node-a" {
+			noMigrationNamed(t, ns, "agentish-node-b-h2")
+		}
+		finish(t, m, v1alpha1.PhaseCompleted, "restarted")
+		deadline := time.Now().Add(bound)
+		for {
+			p := &corev1.Pod{}
+			if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "agentish-" + node}, p); err != nil {
+				t.Fatal(err)
+			}
+			if p.Labels[appsv1.DefaultDaemonSetUniqueLabelKey] == "h2" && p.Labels["pod-template-generation"] == "2" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pod on %s has labels %v; want hash h2 and template generation 2", node, p.Labels)
+			}
+			time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+		}
 	}
 }

@@ -101,7 +101,8 @@ func startManager(t *testing.T) (stop func()) {
 		t.Fatal(err)
 	}
 	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
-		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{}, &controllers.DeploymentReconciler{},
+		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{},
+		&controllers.InPlaceDaemonSetReconciler{}, &controllers.DeploymentReconciler{},
 	} {
 		if err := c.SetupWithManager(mgr); err != nil {
 			t.Fatal(err)
@@ -331,9 +332,24 @@ func TestSurgeFailure(t *testing.T) {
 		t.Errorf("the agent told pod paused's process to wait because %q; want the old pod named", why)
 	}
 
-	pod(t, ds, "recreated", "node-a", map[string]string{v1alpha1.OnFailureAnnotation: string(v1alpha1.OnFailureRecreate)})
-	finish(t, waitMigration(t, ns, "recreated"), v1alpha1.PhaseFailed, "the new process crashed")
+	pod(t, ds, "recreated", "node-a", map[string]string{v1alpha1.OnFailureAnnotation: string(v1alpha1.OnFailureRecreate), v1alpha1.TimeoutAnnotation: "20s"})
+	m := waitMigration(t, ns, "recreated")
+	if m.Spec.TimeoutOrDefault() != 20*time.Second {
+		t.Errorf("migration timeout %v; want the pod's %s, 20s", m.Spec.TimeoutOrDefault(), v1alpha1.TimeoutAnnotation)
+	}
+	finish(t, m, v1alpha1.PhaseFailed, "the new process crashed")
 	waitGate(t, ns, "recreated", corev1.ConditionTrue, v1alpha1.ReasonRecreated)
+
+	// Switching the DaemonSet to Recreate opens the gate the failure
+	// kept closed under Pause.
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(ds), ds); err != nil {
+		t.Fatal(err)
+	}
+	ds.Annotations = map[string]string{v1alpha1.OnFailureAnnotation: string(v1alpha1.OnFailureRecreate)}
+	if err := k8s.Update(context.Background(), ds); err != nil {
+		t.Fatal(err)
+	}
+	waitGate(t, ns, "paused", corev1.ConditionTrue, v1alpha1.ReasonRecreated)
 }
 
 // TestDaemonSetRefusals: what cannot keep connections is named in a
@@ -350,7 +366,7 @@ func TestDaemonSetRefusals(t *testing.T) {
 	})
 	waitEvent(t, ns, "no-surge", "maxSurge is 0", "set maxSurge: 1 and maxUnavailable: 0")
 	daemonSet(t, ns, "pod-network", func(ds *appsv1.DaemonSet) { ds.Spec.Template.Spec.HostNetwork = false })
-	waitEvent(t, ns, "pod-network", "set hostNetwork: true")
+	waitEvent(t, ns, "pod-network", "set hostNetwork: true", "or update the pods in place")
 }
 
 // agentSays checks what the node agent would tell a process of the pod
