@@ -8,6 +8,8 @@
 // Beside it run the rollout controllers of opted-in workloads: the surge
 // path of hostNetwork DaemonSets (SurgeReconciler: one Migration from the
 // node's old pod to each new pod, whose handoff.dev/migrated readiness gate
-// opens when it completes) and DaemonSetChecker, which names in an Event
-// what keeps a DaemonSet's rollout from keeping its connections.
+// opens when it completes), DaemonSetChecker, which names in an Event
+// what keeps a DaemonSet's rollout from keeping its connections, and the
+// in-place rollouts of StatefulSets (InPlaceReconciler) and of Deployments
+// paused by controllers/deployhook (DeploymentReconciler).
 package controllers

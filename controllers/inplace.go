@@ -11,7 +11,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -377,26 +376,9 @@ func (r *InPlaceReconciler) eligible(ctx context.Context, ro *rollout, p *corev1
 	if err != nil {
 		return "", "", fmt.Sprintf("its revision %q cannot be read (%v)", ro.revisionOf(p), err)
 	}
-	to := ro.updateTemplate
-	if len(from.Spec.Containers) != len(to.Spec.Containers) {
-		return "", "", "the update changes its containers, not only an image"
-	}
-	changed := from.DeepCopy()
-	for i := range changed.Spec.Containers {
-		changed.Spec.Containers[i].Image = to.Spec.Containers[i].Image
-		if from.Spec.Containers[i].Image == to.Spec.Containers[i].Image {
-			continue
-		}
-		if to.Spec.Containers[i].Name != container {
-			return "", "", fmt.Sprintf("the update changes the image of container %s, which is not the application's (%s)", to.Spec.Containers[i].Name, container)
-		}
-		image = to.Spec.Containers[i].Image
-	}
-	if !equality.Semantic.DeepEqual(changed, to) {
-		return "", "", "the update changes more of the pod template than an image"
-	}
-	if image == "" {
-		return "", "", "the update changes nothing of the pod template handoff can apply in place"
+	image, err = workload.ImageOnly(from, ro.updateTemplate, container)
+	if err != nil {
+		return "", "", err.Error()
 	}
 	return container, image, ""
 }

@@ -40,8 +40,18 @@ const (
 // UpdateAnnotation, on a StatefulSet with updateStrategy OnDelete, hands
 // its rollouts to handoff: each pod whose template change is one of
 // images only is updated in place (its container restarts while the node
-// agent holds its sockets) from the highest ordinal down.
+// agent holds its sockets) from the highest ordinal down. On a Deployment,
+// an image-only change pauses it while handoff updates the current
+// ReplicaSet's pods in place (see InPlaceRolloutAnnotation).
 const UpdateAnnotation = "handoff.dev/update"
+
+// InPlaceRolloutAnnotation is set, with spec.paused, by the manager's
+// Deployment webhook when it takes an image-only change of an opted-in
+// Deployment to roll out in place, and removed with the pause when the
+// rollout ends: its presence says handoff paused the Deployment. Its value
+// is JSON: {"id", "container", "from", "to"} (the rollout's id, the
+// application's container, its image before and after).
+const InPlaceRolloutAnnotation = "handoff.dev/in-place-rollout"
 
 // UpdateMode is the value of UpdateAnnotation.
 type UpdateMode string
@@ -90,7 +100,8 @@ const (
 	// WorkloadKindLabel is its kind (DaemonSet, StatefulSet, Deployment).
 	WorkloadKindLabel = "handoff.dev/workload-kind"
 	// RevisionLabel is the revision the Migration moves to (the target
-	// pod's controller-revision-hash).
+	// pod's controller-revision-hash; for a Deployment, the in-place
+	// rollout's id).
 	RevisionLabel = "handoff.dev/revision"
 )
 
@@ -128,4 +139,17 @@ const (
 	ReasonNotInPlace = "NotInPlace"
 	// ReasonRolloutDone: every pod is of the update revision.
 	ReasonRolloutDone = "RolloutDone"
+	// ReasonPausedInPlace: the webhook paused a Deployment to roll an
+	// image-only change out in place, or moved its target.
+	ReasonPausedInPlace = "PausedInPlace"
+	// ReasonNotImageOnly: a Deployment's change is more than its
+	// application's image; its own controller rolls it out.
+	ReasonNotImageOnly = "NotImageOnly"
+	// ReasonTemplateMoved: the current ReplicaSet now holds the
+	// Deployment's new template, so that its controller counts the pods
+	// updated in place as new.
+	ReasonTemplateMoved = "TemplateMoved"
+	// ReasonHandedBack: the in-place rollout of a Deployment ended before
+	// it was done; handoff unpaused it and its controller rolls out.
+	ReasonHandedBack = "HandedBack"
 )

@@ -2,10 +2,12 @@
 // cluster-wide Migration reconciler (validation, scheduling to a node,
 // deadlines, the source policy) and the rollout controllers of opted-in
 // workloads (the DaemonSet surge: one Migration per new pod, whose
-// readiness gate opens when it completes; StatefulSets updated in place)
+// readiness gate opens when it completes; StatefulSets and, paused by the
+// Deployment webhook, Deployments updated in place)
 // in the usual controller-runtime shape, with leader election for more
-// than one replica, and on every replica the webhook that injects the
-// node agent's socket into opted-in pods.
+// than one replica, and on every replica the webhooks that inject the
+// node agent's socket into opted-in pods and pause opted-in Deployments
+// for an in-place rollout.
 package main
 
 import (
@@ -95,6 +97,10 @@ func main() {
 	}
 	if err := (&controllers.InPlaceDaemonSetReconciler{}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "set up the in-place DaemonSet rollout controller")
+		os.Exit(1)
+	}
+	if err := (&controllers.DeploymentReconciler{}).SetupWithManager(mgr); err != nil {
+		log.Error(err, "set up the Deployment in-place rollout controller")
 		os.Exit(1)
 	}
 	if err := (&controllers.DaemonSetChecker{}).SetupWithManager(mgr); err != nil {

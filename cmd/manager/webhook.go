@@ -12,6 +12,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/handoff-dev/handoff/controllers/deployhook"
 	"github.com/handoff-dev/handoff/controllers/inject"
 	"github.com/handoff-dev/handoff/controllers/webhookcert"
 )
@@ -70,7 +71,7 @@ func (o *webhookOptions) server() (webhook.Options, *webhookcert.Rotator, error)
 	return webhook.Options{Port: o.port, TLSOpts: []func(*tls.Config){rot.TLSConfig}}, rot, nil
 }
 
-// setup registers the pod webhook, the certificate's Rotator (rot may be
+// setup registers the pod and Deployment webhooks, the certificate's Rotator (rot may be
 // nil) and a readiness check that passes once the server completes TLS
 // handshakes, that is once it has a certificate.
 func (o *webhookOptions) setup(mgr ctrl.Manager, rot *webhookcert.Rotator) error {
@@ -87,6 +88,7 @@ func (o *webhookOptions) setup(mgr ctrl.Manager, rot *webhookcert.Rotator) error
 		Recorder: mgr.GetEventRecorder(inject.Name),
 	}
 	wh.Register(mgr.GetWebhookServer())
+	(&deployhook.Webhook{Recorder: mgr.GetEventRecorder(deployhook.Name)}).Register(mgr.GetWebhookServer())
 	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 		return fmt.Errorf("add webhook readiness check: %w", err)
 	}

@@ -41,13 +41,19 @@ func managerFlag(c corev1.Container, name string) (string, bool) {
 // injectPath is the path controllers/inject serves, read from its source.
 func injectPath(t *testing.T) string {
 	t.Helper()
-	src, err := os.ReadFile(filepath.Join(root, "controllers", "inject", "webhook.go"))
+	return servedPath(t, "inject")
+}
+
+// servedPath is the const Path of controllers/<pkg>/webhook.go.
+func servedPath(t *testing.T, pkg string) string {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(root, "controllers", pkg, "webhook.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := regexp.MustCompile(`const Path = "([^"]+)"`).FindSubmatch(src)
 	if m == nil {
-		t.Fatalf("controllers/inject/webhook.go defines no const Path")
+		t.Fatalf("controllers/%s/webhook.go defines no const Path", pkg)
 	}
 	return string(m[1])
 }
@@ -98,13 +104,14 @@ func checkWebhook(t *testing.T, objs []object, prefix, ns string) {
 	name := prefix + "-webhook"
 	var wh admissionregistrationv1.MutatingWebhookConfiguration
 	mustFind(t, objs, "MutatingWebhookConfiguration", name).decode(t, &wh)
-	if len(wh.Webhooks) != 2 {
-		t.Fatalf("%s has %d entries, want 2 (pod label, namespace label)", name, len(wh.Webhooks))
+	if len(wh.Webhooks) != 3 {
+		t.Fatalf("%s has %d entries, want 3 (pod label, namespace label, Deployment updates)", name, len(wh.Webhooks))
 	}
+	checkDeploymentEntry(t, name, ns, wh.Webhooks[2])
 	path := injectPath(t)
 	enabled := labels.Set{"handoff.dev/enabled": "true"}
 	optedOut := labels.Set{"handoff.dev/enabled": "false"}
-	for i, w := range wh.Webhooks {
+	for i, w := range wh.Webhooks[:2] {
 		cc := w.ClientConfig
 		if cc.URL != nil || cc.Service == nil || cc.Service.Name != name || cc.Service.Namespace != ns || cc.Service.Path == nil || *cc.Service.Path != path ||
 			cc.Service.Port == nil || *cc.Service.Port != 443 {
@@ -183,6 +190,34 @@ func checkWebhook(t *testing.T, objs []object, prefix, ns string) {
 		t.Errorf("manager reads its certificate from files, not the Secret it may write")
 	}
 	checkInjectsAgentSocket(t, objs, mc)
+}
+
+// checkDeploymentEntry asserts the entry that pauses opted-in
+// Deployments for an in-place rollout: Deployment UPDATEs to the
+// deployhook path, failing open, called once.
+func checkDeploymentEntry(t *testing.T, name, ns string, w admissionregistrationv1.MutatingWebhook) {
+	t.Helper()
+	cc := w.ClientConfig
+	if path := servedPath(t, "deployhook"); cc.URL != nil || cc.Service == nil || cc.Service.Name != name || cc.Service.Namespace != ns ||
+		cc.Service.Path == nil || *cc.Service.Path != path || cc.Service.Port == nil || *cc.Service.Port != 443 {
+		t.Errorf("%s entry %s calls %+v, want Service %s/%s port 443 path %s", name, w.Name, cc.Service, ns, name, path)
+	}
+	if len(w.Rules) != 1 || !slices.Equal(w.Rules[0].Operations, []admissionregistrationv1.OperationType{"UPDATE"}) ||
+		!slices.Equal(w.Rules[0].Resources, []string{"deployments"}) || !slices.Equal(w.Rules[0].APIGroups, []string{"apps"}) {
+		t.Errorf("%s entry %s rules %+v, want Deployment UPDATE only", name, w.Name, w.Rules)
+	}
+	if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Ignore {
+		t.Errorf("%s entry %s failurePolicy %s: a down webhook must not block Deployments", name, w.Name, asYAML(w.FailurePolicy))
+	}
+	if w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNoneOnDryRun {
+		t.Errorf("%s entry %s sideEffects %s, want NoneOnDryRun", name, w.Name, asYAML(w.SideEffects))
+	}
+	if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.NeverReinvocationPolicy {
+		t.Errorf("%s entry %s reinvocationPolicy %s, want Never (each call names a new rollout)", name, w.Name, asYAML(w.ReinvocationPolicy))
+	}
+	if len(cc.CABundle) != 0 || w.TimeoutSeconds == nil || *w.TimeoutSeconds != 5 || w.ObjectSelector != nil || w.NamespaceSelector != nil {
+		t.Errorf("%s entry %s: caBundle %d bytes, timeout %s, selectors %+v %+v; want none, 5, none", name, w.Name, len(cc.CABundle), asYAML(w.TimeoutSeconds), w.ObjectSelector, w.NamespaceSelector)
+	}
 }
 
 // checkInjectsAgentSocket asserts that the manager injects the directory

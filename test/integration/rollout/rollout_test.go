@@ -106,6 +106,7 @@ func startManager(t *testing.T) (stop func()) {
 	for _, c := range []interface{ SetupWithManager(ctrl.Manager) error }{
 		&controllers.SurgeReconciler{}, &controllers.DaemonSetChecker{}, &controllers.InPlaceReconciler{JoinGrace: joinGrace},
 		&controllers.InPlaceDaemonSetReconciler{InPlaceReconciler: controllers.InPlaceReconciler{JoinGrace: joinGrace}},
+		&controllers.DeploymentReconciler{},
 	} {
 		if err := c.SetupWithManager(mgr); err != nil {
 			t.Fatal(err)

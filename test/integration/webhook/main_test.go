@@ -1,5 +1,6 @@
-// Package webhook tests the pod-injection webhook against a real
-// kube-apiserver and etcd (envtest, binaries from hack/envtest-bins.sh):
+// Package webhook tests the pod-injection and Deployment webhooks against
+// a real kube-apiserver and etcd (envtest, binaries from
+// hack/envtest-bins.sh):
 // the API server calls the webhook over TLS, trusting only the CA the
 // manager's own certificate code issued into its Secret and patched into
 // the configuration's caBundle. The configuration calls
@@ -34,6 +35,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/handoff-dev/handoff/controllers/deployhook"
 	"github.com/handoff-dev/handoff/controllers/inject"
 	"github.com/handoff-dev/handoff/controllers/webhookcert"
 )
@@ -125,8 +127,16 @@ func setup() error {
 	byNS.NamespaceSelector = &metav1.LabelSelector{MatchLabels: enabled}
 	byNS.ObjectSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 		Key: "handoff.dev/enabled", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"false"}}}}
+	deployURL := fmt.Sprintf("https://127.0.0.1:%d%s", port, deployhook.Path)
+	byDeploy := entry("deployment.inplace.handoff.dev")
+	byDeploy.ClientConfig.URL = &deployURL
+	byDeploy.Rules = []admissionregistrationv1.RuleWithOperations{{
+		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
+		Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
+	}}
+	byDeploy.ReinvocationPolicy = ptr(admissionregistrationv1.NeverReinvocationPolicy)
 	wh := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: configName},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{byPod, byNS}}
+		Webhooks: []admissionregistrationv1.MutatingWebhook{byPod, byNS, byDeploy}}
 	if err := k8s.Create(ctx, wh); err != nil {
 		return fmt.Errorf("create mutatingwebhookconfiguration: %w", err)
 	}
@@ -184,6 +194,7 @@ func startManager(t *testing.T, secretNS string) *manager {
 		t.Fatal(err)
 	}
 	(&inject.Webhook{Config: inject.Config{SocketDir: socketDir, SocketGroup: socketGroup}, Recorder: mgr.GetEventRecorder(inject.Name)}).Register(mgr.GetWebhookServer())
+	(&deployhook.Webhook{Recorder: mgr.GetEventRecorder(deployhook.Name)}).Register(mgr.GetWebhookServer())
 	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 		t.Fatal(err)
 	}
