@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -59,7 +61,8 @@ func (r *DeploymentReconciler) joinGrace() time.Duration {
 }
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=handoff.dev,resources=migrations,verbs=get;list;watch;create;patch
 
@@ -460,6 +463,9 @@ func (r *DeploymentReconciler) moveTemplate(ctx context.Context, dr *deployRollo
 	if workload.EqualIgnoreHash(&rs.Spec.Template, &d.Spec.Template) {
 		return true, reconcile.Result{}, nil
 	}
+	if err := r.keepHistory(ctx, dr); err != nil {
+		return false, reconcile.Result{}, err
+	}
 	orig := rs.DeepCopy()
 	hash := rs.Spec.Template.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
 	rs.Spec.Template = *d.Spec.Template.DeepCopy()
@@ -475,6 +481,76 @@ func (r *DeploymentReconciler) moveTemplate(ctx context.Context, dr *deployRollo
 	r.event(d, nil, corev1.EventTypeNormal, v1alpha1.ReasonTemplateMoved,
 		fmt.Sprintf("ReplicaSet %s now holds the new template (container %s at %s): its pods were updated in place", rs.Name, dr.ro.Container, dr.ro.To))
 	return true, reconcile.Result{}, nil
+}
+
+// revisionAnnotation is the Deployment controller's revision number of a
+// ReplicaSet, which kubectl rollout history and undo read.
+const revisionAnnotation = "deployment.kubernetes.io/revision"
+
+// keepHistory keeps the template the current ReplicaSet is about to lose,
+// with its revision number, in a ReplicaSet of its own with no pods (its
+// pod-template-hash label made unique, so that it selects none), so that
+// kubectl rollout undo can go back to it: undo restores the template of
+// the ReplicaSet with the second-highest revision, and once the Deployment
+// is resumed the Deployment controller gives the current ReplicaSet the
+// next revision. Undoing is then an image-only change like any other, done
+// in place, after which this ReplicaSet, holding the new template too, is
+// deleted (moveTemplate).
+func (r *DeploymentReconciler) keepHistory(ctx context.Context, dr *deployRollout) error {
+	d, rs := dr.d, dr.current
+	hash := rs.Spec.Template.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
+	id := strings.ReplaceAll(dr.ro.ID, "-", "")
+	id = id[:min(len(id), 10)]
+	key := hash + "-" + id
+	hist := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: rs.Namespace, Name: rs.Name + "-" + id,
+			Labels: maps.Clone(rs.Spec.Template.Labels),
+			// The Deployment's annotations, as the Deployment controller
+			// copies them onto its ReplicaSets: kubectl rollout undo
+			// writes a ReplicaSet's annotations back into the
+			// Deployment, handoff.dev/update among them.
+			Annotations: maps.Clone(rs.Annotations),
+		},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: ptr.To[int32](0),
+			Selector: rs.Spec.Selector.DeepCopy(),
+			Template: *rs.Spec.Template.DeepCopy(),
+		},
+	}
+	if hist.Annotations == nil {
+		hist.Annotations = map[string]string{}
+	}
+	delete(hist.Annotations, v1alpha1.InPlaceRolloutAnnotation)
+	hist.Annotations[revisionAnnotation] = rs.Annotations[revisionAnnotation]
+	if hist.Labels == nil {
+		hist.Labels = map[string]string{}
+	}
+	hist.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = key
+	if hist.Spec.Template.Labels == nil {
+		hist.Spec.Template.Labels = map[string]string{}
+	}
+	hist.Spec.Template.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = key
+	if hist.Spec.Selector == nil {
+		hist.Spec.Selector = &metav1.LabelSelector{}
+	}
+	if hist.Spec.Selector.MatchLabels == nil {
+		hist.Spec.Selector.MatchLabels = map[string]string{}
+	}
+	hist.Spec.Selector.MatchLabels[appsv1.DefaultDeploymentUniqueLabelKey] = key
+	if err := ctrl.SetControllerReference(d, hist, r.Client.Scheme()); err != nil {
+		return fmt.Errorf("own replicaset %s/%s by deployment %s: %w", hist.Namespace, hist.Name, d.Name, err)
+	}
+	if err := r.Client.Create(ctx, hist); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return fmt.Errorf("keep the replaced template of deployment %s/%s in replicaset %s: %w", d.Namespace, d.Name, hist.Name, err)
+	}
+	r.event(d, nil, corev1.EventTypeNormal, v1alpha1.ReasonHistoryKept,
+		fmt.Sprintf("kept the template ReplicaSet %s replaces (revision %s, container %s at %s) in ReplicaSet %s, with no pods, for kubectl rollout undo",
+			rs.Name, rs.Annotations[revisionAnnotation], dr.ro.Container, dr.ro.From, hist.Name))
+	return nil
 }
 
 // resume ends the rollout: the Deployment unpaused and its annotation

@@ -149,6 +149,10 @@ const (
 	// Deployment's new template, so that its controller counts the pods
 	// updated in place as new.
 	ReasonTemplateMoved = "TemplateMoved"
+	// ReasonHistoryKept: the template an in-place rollout replaced is
+	// kept, with its revision, in a ReplicaSet without pods, for kubectl
+	// rollout undo.
+	ReasonHistoryKept = "HistoryKept"
 	// ReasonHandedBack: the in-place rollout of a Deployment ended before
 	// it was done; handoff unpaused it and its controller rolls out.
 	ReasonHandedBack = "HandedBack"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
@@ -486,4 +488,143 @@ func (s *suite) testWebhookDown(t *testing.T) {
 	if !strings.Contains(logs, "handoff: unavailable, serving with fresh sockets") {
 		t.Errorf("the streamer did not log that handoff is unavailable:\n%s", tail(logs, 10))
 	}
+}
+
+// streamerDeployment is a pod-network Deployment of streamers whose
+// image-only rollouts handoff makes in place.
+func streamerDeployment(ns, image string, replicas int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: streamer
+  namespace: %[1]s
+  annotations: {handoff.dev/update: InPlaceIfPossible}
+spec:
+  replicas: %[6]d
+  selector:
+    matchLabels: {app: streamer}
+  template:
+    metadata:
+      labels: {app: streamer, handoff.dev/enabled: "true"}
+    spec:
+      terminationGracePeriodSeconds: 2
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers:
+      - name: %[4]s
+        image: %[2]s
+        imagePullPolicy: IfNotPresent
+        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s"]
+        readinessProbe:
+          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
+          periodSeconds: 1
+        volumeMounts: [{name: run, mountPath: /var/run/streamer}]
+      volumes:
+      - {name: run, emptyDir: {medium: Memory}}
+`, ns, image, podPort, streamerName, readyFile, replicas)
+}
+
+// testDeploymentInPlace rolls a two-pod Deployment out with kubectl set
+// image, then back with kubectl rollout undo: each time the pods stay in
+// their one ReplicaSet (the replaced template is kept in another without
+// pods, for undo), one Migration per pod, the same pods restarted in
+// place, kubectl rollout status done, and the clients on the pod IPs keep
+// every stream.
+func (s *suite) testDeploymentInPlace(t *testing.T) {
+	const replicas = 2
+	ctx := context.Background()
+	ns := s.namespace(t, "deploy-in-place")
+	s.runInput(t, time.Minute, streamerDeployment(ns, s.streamer, replicas), s.kubectl, "apply", "-f", "-")
+	s.run(t, 3*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "deploy/streamer", "--timeout=2m")
+	var pods corev1.PodList
+	if err := s.c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) != replicas {
+		t.Fatalf("%d pods; want %d", len(pods.Items), replicas)
+	}
+	before := map[string]corev1.Pod{}
+	var clients []*loadclient.Client
+	for _, p := range pods.Items {
+		s.checkInjected(t, &p, false)
+		before[p.Name] = p
+		addr := net.JoinHostPort(p.Status.PodIP, strconv.Itoa(podPort))
+		waitServing(t, addr)
+		clients = append(clients, s.startClients(t, addr, clientStreams/replicas))
+	}
+	rsBefore := s.replicaSets(t, ns)
+
+	for round, step := range []struct {
+		image string
+		args  []string
+	}{
+		{s.streamerNext, []string{"set", "image", "-n", ns, "deploy/streamer", streamerName + "=" + s.streamerNext}},
+		{s.streamer, []string{"rollout", "undo", "-n", ns, "deploy/streamer"}},
+	} {
+		image := step.image
+		what := "kubectl " + strings.Join(step.args, " ")
+		start := time.Now()
+		s.run(t, time.Minute, s.kubectl, step.args...)
+		s.run(t, 4*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "deploy/streamer", "--timeout=3m")
+		s.timing("%s: %s → rollout status done in %v", ns, what, time.Since(start).Round(time.Millisecond))
+		var d appsv1.Deployment
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Spec.Paused || d.Annotations[handoffv1.InPlaceRolloutAnnotation] != "" {
+			t.Fatalf("after %s: paused %v, annotation %q; want resumed and no rollout recorded", what, d.Spec.Paused, d.Annotations[handoffv1.InPlaceRolloutAnnotation])
+		}
+		if rs := s.replicaSets(t, ns); strings.Join(rs, ",") != strings.Join(rsBefore, ",") {
+			t.Fatalf("after %s the ReplicaSets with pods are %v; want the same %v", what, rs, rsBefore)
+		}
+		var migs handoffv1.MigrationList
+		if err := s.c.List(ctx, &migs, client.InNamespace(ns), client.MatchingLabels{handoffv1.WorkloadLabel: "streamer"}); err != nil {
+			t.Fatal(err)
+		}
+		done := 0
+		for i := range migs.Items {
+			m := &migs.Items[i]
+			if m.Spec.Target.Image != image {
+				continue
+			}
+			done++
+			wantCompleted(t, m, clientStreams/replicas)
+			s.timing("%s: round %d, pod %s: %s", ns, round+1, m.Spec.Source.Pod, m.Status.Message)
+		}
+		if done != replicas {
+			t.Fatalf("after %s: %d Migrations to %s; want one per pod", what, done, image)
+		}
+		for name, old := range before {
+			var p corev1.Pod
+			if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
+				t.Fatalf("pod %s after %s: %v", name, what, err)
+			}
+			if p.UID != old.UID || p.Status.PodIP != old.Status.PodIP || p.Spec.Containers[0].Image != image {
+				t.Errorf("pod %s after %s: uid %s ip %s image %s; want the same pod with %s", name, what, p.UID, p.Status.PodIP, p.Spec.Containers[0].Image, image)
+			}
+		}
+		for _, lc := range clients {
+			s.checkClients(t, lc, what)
+		}
+	}
+	for _, lc := range clients {
+		s.stopClients(t, lc)
+	}
+}
+
+// replicaSets lists the names of the namespace's ReplicaSets that want
+// or have pods, sorted.
+func (s *suite) replicaSets(t *testing.T, ns string) []string {
+	t.Helper()
+	var list appsv1.ReplicaSetList
+	if err := s.c.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, rs := range list.Items {
+		if ptr.Deref(rs.Spec.Replicas, 0) > 0 || rs.Status.Replicas > 0 {
+			names = append(names, rs.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
