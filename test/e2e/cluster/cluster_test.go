@@ -193,10 +193,15 @@ func (s *suite) install(t *testing.T) {
 		}
 	})
 	start := time.Now()
+	runID := strconv.FormatInt(start.UnixNano(), 10)
 	s.run(t, 6*time.Minute, s.helm, "upgrade", "--install", release, s.chart,
 		"--namespace", systemNS, "--create-namespace",
 		"--set", "image.repository="+s.imageRepo, "--set", "image.tag="+s.imageTag,
 		"--set", fmt.Sprintf("nodeAgent.socketGroup=%d", socketGroup),
+		// A new value each run restarts the manager and the agents: the
+		// images keep their tag when rebuilt, and a release left by a
+		// failed run would otherwise keep the old binaries running.
+		"--set-string", "manager.podAnnotations.e2e-run="+runID, "--set-string", "nodeAgent.podAnnotations.e2e-run="+runID,
 		"--wait", "--timeout", "5m")
 	waitFor(t, "the manager Deployment available and one ready agent on each of the "+strconv.Itoa(len(nodes.Items))+" nodes", 3*time.Minute, func() (bool, string, error) {
 		var deps appsv1.DeploymentList
