@@ -31,33 +31,43 @@ func streamerDaemonSet(ns, image string, port int) string {
 kind: DaemonSet
 metadata:
   name: streamer
-  namespace: %[1]s
+  namespace: %s
 spec:
   selector:
     matchLabels: {app: streamer}
   updateStrategy:
     type: RollingUpdate
     rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
-  template:
+`, ns) + streamerTemplate(image, port, true)
+}
+
+// streamerTemplate is the pod template of the streamer workloads: the
+// opt-in label, a readiness probe that follows the handoff, and nothing
+// the webhook injects. On the host network it serves port and lingers
+// after handing over (a DaemonSet's pods restart always).
+func streamerTemplate(image string, port int, hostNetwork bool) string {
+	host, linger := "", ""
+	if hostNetwork {
+		host, linger = "\n      hostNetwork: true\n      dnsPolicy: ClusterFirstWithHostNet", `, "--linger"`
+	}
+	return fmt.Sprintf(`  template:
     metadata:
       labels: {app: streamer, handoff.dev/enabled: "true"}
-    spec:
-      hostNetwork: true
-      dnsPolicy: ClusterFirstWithHostNet
+    spec:%[6]s
       terminationGracePeriodSeconds: 2
       securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
       containers:
       - name: %[4]s
-        image: %[2]s
+        image: %[1]s
         imagePullPolicy: IfNotPresent
-        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s", "--linger"]
+        args: ["--addr=:%[2]d", "--rate=8192", "--tick=50ms", "--ready-file=%[3]s"%[5]s]
         readinessProbe:
-          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
+          exec: {command: ["/streamer", "--ready-file=%[3]s", "--check"]}
           periodSeconds: 1
         volumeMounts: [{name: run, mountPath: /var/run/streamer}]
       volumes:
       - {name: run, emptyDir: {medium: Memory}}
-`, ns, image, port, streamerName, readyFile)
+`, image, port, readyFile, streamerName, linger, host)
 }
 
 // testDaemonSetSurge deploys a labelled hostNetwork DaemonSet, streams
@@ -201,33 +211,16 @@ func streamerStatefulSet(ns, image string, replicas int) string {
 kind: StatefulSet
 metadata:
   name: streamer
-  namespace: %[1]s
+  namespace: %s
   annotations: {handoff.dev/update: InPlaceIfPossible}
 spec:
   serviceName: streamer
-  replicas: %[6]d
+  replicas: %d
   podManagementPolicy: Parallel
   updateStrategy: {type: OnDelete}
   selector:
     matchLabels: {app: streamer}
-  template:
-    metadata:
-      labels: {app: streamer, handoff.dev/enabled: "true"}
-    spec:
-      terminationGracePeriodSeconds: 2
-      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
-      containers:
-      - name: %[4]s
-        image: %[2]s
-        imagePullPolicy: IfNotPresent
-        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s"]
-        readinessProbe:
-          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
-          periodSeconds: 1
-        volumeMounts: [{name: run, mountPath: /var/run/streamer}]
-      volumes:
-      - {name: run, emptyDir: {medium: Memory}}
-`, ns, image, podPort, streamerName, readyFile, replicas)
+`, ns, replicas) + streamerTemplate(image, podPort, false)
 }
 
 // testStatefulSetInPlace rolls a three-pod StatefulSet out with kubectl set
@@ -497,30 +490,13 @@ func streamerDeployment(ns, image string, replicas int) string {
 kind: Deployment
 metadata:
   name: streamer
-  namespace: %[1]s
+  namespace: %s
   annotations: {handoff.dev/update: InPlaceIfPossible}
 spec:
-  replicas: %[6]d
+  replicas: %d
   selector:
     matchLabels: {app: streamer}
-  template:
-    metadata:
-      labels: {app: streamer, handoff.dev/enabled: "true"}
-    spec:
-      terminationGracePeriodSeconds: 2
-      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
-      containers:
-      - name: %[4]s
-        image: %[2]s
-        imagePullPolicy: IfNotPresent
-        args: ["--addr=:%[3]d", "--rate=8192", "--tick=50ms", "--ready-file=%[5]s"]
-        readinessProbe:
-          exec: {command: ["/streamer", "--ready-file=%[5]s", "--check"]}
-          periodSeconds: 1
-        volumeMounts: [{name: run, mountPath: /var/run/streamer}]
-      volumes:
-      - {name: run, emptyDir: {medium: Memory}}
-`, ns, image, podPort, streamerName, readyFile, replicas)
+`, ns, replicas) + streamerTemplate(image, podPort, false)
 }
 
 // testDeploymentInPlace rolls a two-pod Deployment out with kubectl set
