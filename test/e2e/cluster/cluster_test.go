@@ -160,6 +160,7 @@ func TestCluster(t *testing.T) {
 	t.Run("StatefulSetInPlace", s.testStatefulSetInPlace)
 	t.Run("StatefulSetNotImageOnly", s.testStatefulSetNotImageOnly)
 	t.Run("DeploymentInPlace", s.testDeploymentInPlace)
+	t.Run("DaemonSetInPlace", s.testDaemonSetInPlace)
 	t.Run("InPlaceRepeated", s.testInPlaceRepeated)
 	// Last: it stops the manager for a while.
 	t.Run("WebhookDown", s.testWebhookDown)

@@ -311,8 +311,10 @@ func (s *suite) waitCreatedPodReady(t *testing.T, ns, name string) *corev1.Pod {
 // the streamer's flags): under on-failure Pause, the default, the handoff
 // fails at its deadline, the gate stays closed, the old pod serves every
 // client on and the rollout stops, with the reason on the new pod's
-// condition and an Event on the DaemonSet. Setting the image back rolls
-// out with a handoff again.
+// condition and an Event on the DaemonSet. on-failure Recreate then
+// opens the gate (the old pod stays while the new one is not Ready, as
+// without handoff). Setting the image back rolls out with a handoff
+// again.
 func (s *suite) testDaemonSetSurgeCrash(t *testing.T) {
 	ctx := context.Background()
 	ns := s.namespace(t, "ds-surge-crash")
@@ -365,6 +367,22 @@ func (s *suite) testDaemonSetSurgeCrash(t *testing.T) {
 		t.Errorf("no %s Event on the DaemonSet", handoffv1.ReasonMigrationFailed)
 	}
 	s.checkClients(t, lc, "a handoff to a crashing image")
+
+	// Recreate opens the gate; as Kubernetes would without handoff, the
+	// old pod stays until the new one is Ready, which a crashing image
+	// never is.
+	s.run(t, time.Minute, s.kubectl, "annotate", "-n", ns, "ds/streamer", handoffv1.OnFailureAnnotation+"="+string(handoffv1.OnFailureRecreate))
+	waitFor(t, "the gate opened by on-failure Recreate", time.Minute, func() (bool, string, error) {
+		if err := s.c.Get(ctx, client.ObjectKeyFromObject(&newPod), &newPod); err != nil {
+			return false, "", err
+		}
+		c := workload.GateCondition(&newPod)
+		return c != nil && c.Status == corev1.ConditionTrue && c.Reason == handoffv1.ReasonRecreated, fmt.Sprintf("%+v", c), nil
+	})
+	if err := s.c.Get(ctx, client.ObjectKeyFromObject(old), &oldNow); err != nil || oldNow.DeletionTimestamp != nil {
+		t.Fatalf("the old pod after Recreate with a new pod that is not Ready: %v, deleting %v; want it serving", err, oldNow.DeletionTimestamp)
+	}
+	s.checkClients(t, lc, "on-failure Recreate with a crashing image")
 
 	// Back to the good image: the crashing pod goes, and a new one takes
 	// the sockets over.
@@ -603,4 +621,67 @@ func (s *suite) replicaSets(t *testing.T, ns string) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// testDaemonSetInPlace rolls a pod-network DaemonSet (OnDelete,
+// handoff.dev/update) out with kubectl set image: its pod restarts in
+// place, keeps its UID and IP, and counts as updated.
+func (s *suite) testDaemonSetInPlace(t *testing.T) {
+	ctx := context.Background()
+	ns := s.namespace(t, "ds-in-place")
+	ds := fmt.Sprintf(`apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: streamer
+  namespace: %s
+  annotations: {handoff.dev/update: InPlaceOnly}
+spec:
+  selector:
+    matchLabels: {app: streamer}
+  updateStrategy: {type: OnDelete}
+`, ns) + streamerTemplate(s.streamer, podPort, false)
+	s.runInput(t, time.Minute, ds, s.kubectl, "apply", "-f", "-")
+	var pod *corev1.Pod
+	waitFor(t, "the DaemonSet's pod", 2*time.Minute, func() (bool, string, error) {
+		var pods corev1.PodList
+		if err := s.c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return false, "", err
+		}
+		if len(pods.Items) == 1 {
+			pod = &pods.Items[0]
+		}
+		return pod != nil, fmt.Sprintf("%d pods", len(pods.Items)), nil
+	})
+	pod = s.waitPodReady(t, ns, pod.Name)
+	addr := net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(podPort))
+	waitServing(t, addr)
+	lc := s.startClients(t, addr, clientStreams/2)
+	start := time.Now()
+	s.run(t, time.Minute, s.kubectl, "set", "image", "-n", ns, "ds/streamer", streamerName+"="+s.streamerNext)
+	var d appsv1.DaemonSet
+	waitFor(t, "the DaemonSet's pod updated in place", 3*time.Minute, func() (bool, string, error) {
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &d); err != nil {
+			return false, "", err
+		}
+		return d.Status.ObservedGeneration == d.Generation && d.Status.UpdatedNumberScheduled == 1 && d.Status.NumberReady == 1,
+			fmt.Sprintf("updated %d, ready %d", d.Status.UpdatedNumberScheduled, d.Status.NumberReady), nil
+	})
+	s.timing("%s: kubectl set image ds/streamer (pod network, in place) → updated in %v", ns, time.Since(start).Round(time.Millisecond))
+	var now corev1.Pod
+	if err := s.c.Get(ctx, client.ObjectKeyFromObject(pod), &now); err != nil {
+		t.Fatalf("the pod after the rollout: %v; want the same pod", err)
+	}
+	if now.UID != pod.UID || now.Status.PodIP != pod.Status.PodIP || now.Spec.Containers[0].Image != s.streamerNext {
+		t.Fatalf("pod uid %s ip %s image %s; want the same pod (%s, %s) with %s", now.UID, now.Status.PodIP, now.Spec.Containers[0].Image, pod.UID, pod.Status.PodIP, s.streamerNext)
+	}
+	var migs handoffv1.MigrationList
+	if err := s.c.List(ctx, &migs, client.InNamespace(ns), client.MatchingLabels{handoffv1.WorkloadKindLabel: "DaemonSet"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(migs.Items) != 1 {
+		t.Fatalf("%d Migrations; want one", len(migs.Items))
+	}
+	wantCompleted(t, &migs.Items[0], clientStreams/2)
+	s.checkClients(t, lc, "kubectl set image ds/streamer in place")
+	s.stopClients(t, lc)
 }
