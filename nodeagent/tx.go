@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -44,6 +45,10 @@ type txn struct {
 	log    logr.Logger
 	events chan event
 	done   chan struct{}
+	// delivering is held (read) by each deliver; finish takes it after
+	// closing done, so that no deliver can still put a message into
+	// events once finish drains it.
+	delivering sync.RWMutex
 }
 
 func (a *Agent) newTxn() *txn {
@@ -55,6 +60,17 @@ func (a *Agent) newTxn() *txn {
 // deliver hands a session's message to the transaction, or discards it
 // (closing its descriptors) if the transaction has ended.
 func (t *txn) deliver(ev event) {
+	t.delivering.RLock()
+	defer t.delivering.RUnlock()
+	select {
+	case <-t.done:
+		ev.msg.CloseFDs()
+		return
+	default:
+	}
+	// done may close meanwhile, and select picks among ready cases at
+	// random: a message sent now is drained by finish, which waits for
+	// this deliver to return before it drains.
 	select {
 	case t.events <- ev:
 	case <-t.done:
@@ -68,9 +84,14 @@ func (t *txn) fault(step string) {
 	}
 }
 
-// finish ends the transaction: later events are discarded.
+// finish ends the transaction: later events are discarded, and the
+// descriptors of undelivered ones closed.
 func (t *txn) finish(ss ...*session) {
 	close(t.done)
+	// Every deliver that saw done open has returned after this.
+	t.delivering.Lock()
+	t.delivering.Unlock()
+
 	for _, s := range ss {
 		if s == nil {
 			continue
