@@ -60,7 +60,7 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	running map[types.UID]bool
-	done    map[types.UID]bool // ran to an outcome in this process
+	done    map[types.UID]time.Time // ran to an outcome here, and when; until the cache shows it
 
 	backoff restartBackoff // kubelet's restart back-off, for in-place restarts
 }
@@ -78,18 +78,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.Client.Get(ctx, req.NamespacedName, mig); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if mig.Labels[v1alpha1.NodeLabel] != r.Node || mig.Status.Phase.Final() || mig.Status.StartTime == nil ||
-		!meta.IsStatusConditionTrue(mig.Status.Conditions, v1alpha1.ConditionScheduled) {
+	x := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred)
+	if mig.Status.Phase.Final() || x != nil && x.Status != metav1.ConditionUnknown {
+		// The cache has caught up with the outcome: nothing to remember.
+		r.forget(mig.UID)
 		return reconcile.Result{}, nil
 	}
-	x := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred)
-	if x != nil && x.Status != metav1.ConditionUnknown {
+	if mig.Labels[v1alpha1.NodeLabel] != r.Node || mig.Status.StartTime == nil ||
+		!meta.IsStatusConditionTrue(mig.Status.Conditions, v1alpha1.ConditionScheduled) {
 		return reconcile.Result{}, nil
 	}
 	if !r.claim(mig.UID) {
 		return reconcile.Result{}, nil
 	}
-	defer r.unclaim(mig.UID)
+	var again time.Duration // not done yet: look again after it
+	defer func() { r.unclaim(mig.UID, again == 0) }()
 	if x != nil && x.Reason != v1alpha1.ReasonWaitingForProcesses {
 		// Either the cache is behind our own final report, or an earlier
 		// agent process started this transfer and died: then the source
@@ -108,11 +111,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			fmt.Sprintf("the node agent on %s restarted during the transfer (%s); the source resumed with all its sockets: create a new Migration to try again", r.Node, x.Reason))
 	}
 	deadline := mig.Status.StartTime.Add(mig.Spec.TimeoutOrDefault())
-	if !time.Now().Before(deadline) {
+	if x == nil && !time.Now().Before(deadline) {
 		return reconcile.Result{}, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonDeadlineExceeded,
 			fmt.Sprintf("the deadline passed before the node agent on %s could start; nothing was moved", r.Node))
 	}
-	return reconcile.Result{}, r.run(ctx, mig, deadline)
+	var err error
+	again, err = r.run(ctx, mig, deadline)
+	return reconcile.Result{RequeueAfter: again}, err
 }
 
 func (r *Reconciler) reader() client.Reader {
@@ -122,26 +127,55 @@ func (r *Reconciler) reader() client.Reader {
 	return r.Client
 }
 
+// doneTTL bounds how long the reconciler remembers a Migration it ran to
+// an outcome whose final status its cache never showed (it was deleted
+// first): the cache catches up in seconds.
+const doneTTL = 10 * time.Minute
+
 // claim marks a Migration as this process's to run, unless it runs or ran
 // here already (the cache may still show it unfinished after our report).
 func (r *Reconciler) claim(uid types.UID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.running == nil {
-		r.running, r.done = map[types.UID]bool{}, map[types.UID]bool{}
+		r.running, r.done = map[types.UID]bool{}, map[types.UID]time.Time{}
 	}
-	if r.running[uid] || r.done[uid] {
+	for id, at := range r.done {
+		if time.Since(at) > doneTTL {
+			delete(r.done, id)
+		}
+	}
+	if _, done := r.done[uid]; r.running[uid] || done {
 		return false
 	}
 	r.running[uid] = true
 	return true
 }
 
-func (r *Reconciler) unclaim(uid types.UID) {
+// unclaim ends a reconcile of a Migration: finished when it ran to an
+// outcome, else it is claimed again when it is requeued.
+func (r *Reconciler) unclaim(uid types.UID, finished bool) {
 	r.mu.Lock()
 	delete(r.running, uid)
-	r.done[uid] = true
+	if finished {
+		r.done[uid] = time.Now()
+	}
 	r.mu.Unlock()
+}
+
+// forget drops a Migration whose outcome the cache now shows.
+func (r *Reconciler) forget(uid types.UID) {
+	r.mu.Lock()
+	delete(r.done, uid)
+	r.mu.Unlock()
+}
+
+// Remembered is how many finished Migrations the reconciler still
+// remembers (for tests: it must not grow with every Migration).
+func (r *Reconciler) Remembered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.done)
 }
 
 // endpoint is one side of a Migration as found on this node.
@@ -158,9 +192,10 @@ func (e *endpoint) String() string {
 	return fmt.Sprintf("container %s of %s pod %s", e.container, e.role, e.pod)
 }
 
-// run waits for both processes, then performs the transfer.
-func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline time.Time) error {
-	logger := log.FromContext(ctx)
+// run looks for both processes and, once both have joined, performs the
+// transfer. Until then it reports that it waits and returns how soon to
+// look again (a requeue, not a worker held for up to the deadline).
+func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline time.Time) (again time.Duration, err error) {
 	src := &endpoint{role: "source", pod: mig.Spec.Source.Pod, container: mig.Spec.Source.Container}
 	dst := &endpoint{role: "target", pod: mig.Spec.Target.Pod, container: mig.Spec.Target.Container}
 	eps := []*endpoint{src, dst}
@@ -169,39 +204,39 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 		eps = eps[:1]
 		waiting = fmt.Sprintf("waiting for the process of %v to join the agent socket", src)
 	}
-	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForProcesses, waiting); err != nil {
-		return err
+	last := r.find(ctx, mig, eps...)
+	if last == nil {
+		return 0, r.transfer(ctx, mig, src, dst, deadline)
+	}
+	var fatal *fatalError
+	if errors.As(last, &fatal) {
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, fatal.reason, fatal.msg)
+	}
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		hint := ""
+		var nj *notJoinedError
+		if errors.As(last, &nj) {
+			hint = " Does the application link the handoff SDK, and does its pod mount the agent's socket directory?"
+		}
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
+			fmt.Sprintf("%v by the deadline; nothing was moved.%s", last, hint))
+	}
+	if c := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred); c == nil || c.Reason != v1alpha1.ReasonWaitingForProcesses || c.Message != waiting {
+		if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForProcesses, waiting); err != nil {
+			return 0, err
+		}
 	}
 	poll := r.Poll
 	if poll <= 0 {
 		poll = DefaultPoll
 	}
-	var last error
-	for {
-		last = r.find(ctx, mig, eps...)
-		if last == nil {
-			break
-		}
-		var fatal *fatalError
-		if errors.As(last, &fatal) {
-			return r.report(ctx, mig, metav1.ConditionFalse, fatal.reason, fatal.msg)
-		}
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			hint := ""
-			var nj *notJoinedError
-			if errors.As(last, &nj) {
-				hint = " Does the application link the handoff SDK, and does its pod mount the agent's socket directory?"
-			}
-			return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
-				fmt.Sprintf("%v by the deadline; nothing was moved.%s", last, hint))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(min(wait, poll)):
-		}
-	}
+	return min(wait, poll), nil
+}
+
+// transfer performs the Migration between the processes found.
+func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src, dst *endpoint, deadline time.Time) error {
+	logger := log.FromContext(ctx)
 	if mig.Spec.Target.Image != "" {
 		return r.restartInPlace(ctx, mig, src, deadline)
 	}

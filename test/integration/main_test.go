@@ -132,6 +132,7 @@ type nodeAgent struct {
 	socket string
 	agent  *nodeagent.Agent
 	mgr    ctrl.Manager
+	rec    *kube.Reconciler
 	fault  atomic.Pointer[faultHook]
 }
 
@@ -236,7 +237,8 @@ func newCluster(t *testing.T) (*cluster, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent manager of %s: %w", n, err)
 		}
-		if err := (&kube.Reconciler{Agent: na.agent, Node: n, ControllerName: "nodeagent-" + n}).SetupWithManager(na.mgr); err != nil {
+		na.rec = &kube.Reconciler{Agent: na.agent, Node: n, ControllerName: "nodeagent-" + n}
+		if err := na.rec.SetupWithManager(na.mgr); err != nil {
 			return nil, err
 		}
 		wg.Add(1)

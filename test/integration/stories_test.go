@@ -205,6 +205,15 @@ func TestHappyPath(t *testing.T) {
 			t.Errorf("no %s Event; events: %v", want, evs)
 		}
 	}
+	// Once its cache shows the outcome, the agent forgets the Migration:
+	// what it remembers does not grow with every Migration it ran.
+	deadline = time.Now().Add(bound)
+	for agent.rec.Remembered() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent still remembers %d finished Migrations", agent.rec.Remembered())
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
+	}
 }
 
 func contains(xs []string, x string) bool {
