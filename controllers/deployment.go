@@ -400,24 +400,12 @@ func (r *DeploymentReconciler) startPod(ctx context.Context, dr *deployRollout, 
 		r.event(dr.d, p, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
 	c := dr.ro.Container
-	mig := &v1alpha1.Migration{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: p.Namespace, Name: inPlaceMigrationName(p, dr.ro),
-			Labels: map[string]string{
-				v1alpha1.WorkloadLabel: dr.d.Name, v1alpha1.WorkloadKindLabel: "Deployment", v1alpha1.RevisionLabel: dr.ro.ID,
-			},
-		},
-		Spec: v1alpha1.MigrationSpec{
-			Source:  v1alpha1.Endpoint{Pod: p.Name, Container: c},
-			Target:  v1alpha1.TargetEndpoint{Endpoint: v1alpha1.Endpoint{Pod: p.Name, Container: c}, Image: dr.ro.To},
-			Timeout: &metav1.Duration{Duration: timeout},
-		},
-	}
-	if err := ctrl.SetControllerReference(p, mig, r.Client.Scheme()); err != nil {
-		return false, fmt.Errorf("own migration %s/%s by pod %s: %w", mig.Namespace, mig.Name, p.Name, err)
-	}
-	if err := r.Client.Create(ctx, mig); err != nil && !apierrors.IsAlreadyExists(err) {
-		return false, fmt.Errorf("create migration %s/%s: %w", mig.Namespace, mig.Name, err)
+	mig, err := createInPlaceMigration(ctx, r.Client, p, inPlaceMigration{
+		name: inPlaceMigrationName(p, dr.ro), container: c, image: dr.ro.To,
+		workload: dr.d.Name, kind: "Deployment", revision: dr.ro.ID, timeout: timeout,
+	})
+	if err != nil {
+		return false, err
 	}
 	r.event(dr.d, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatingInPlace,
 		fmt.Sprintf("pod %s: Migration %s restarts container %s with image %s while the node agent holds its sockets", p.Name, mig.Name, c, dr.ro.To))
@@ -429,7 +417,7 @@ func (r *DeploymentReconciler) applied(ctx context.Context, dr *deployRollout, p
 	if mig.Annotations[v1alpha1.AppliedAnnotation] == "true" {
 		return nil
 	}
-	if err := r.markMigrationApplied(ctx, mig); err != nil {
+	if err := markApplied(ctx, r.Client, mig); err != nil {
 		return err
 	}
 	pause := ""
@@ -606,17 +594,12 @@ func (r *DeploymentReconciler) notInPlace(ctx context.Context, dr *deployRollout
 		return nil
 	}
 	if mig != nil {
-		if err := r.markMigrationApplied(ctx, mig); err != nil {
+		if err := markApplied(ctx, r.Client, mig); err != nil {
 			return err
 		}
 	}
 	return r.handBack(ctx, dr, p, corev1.EventTypeWarning, v1alpha1.ReasonNotInPlace, fmt.Sprintf(
 		"%s: %s; the in-place rollout %s ends, handoff resumes the Deployment, and its controller replaces the pods (their clients are disconnected)", what, why, dr.ro.ID))
-}
-
-// markMigrationApplied marks a Migration whose outcome the rollout acted on.
-func (r *DeploymentReconciler) markMigrationApplied(ctx context.Context, mig *v1alpha1.Migration) error {
-	return (&InPlaceReconciler{Client: r.Client}).markApplied(ctx, mig)
 }
 
 func (r *DeploymentReconciler) event(d *appsv1.Deployment, related *corev1.Pod, kind, reason, msg string) {

@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -22,7 +21,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
@@ -90,23 +88,6 @@ func (r *InPlaceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.Migration{}, handler.EnqueueRequestsFromMapFunc(workloadOf("StatefulSet"))).
 		Complete(r)
 }
-
-// workloadOf maps a rollout's Migration to its workload of kind.
-func workloadOf(kind string) handler.MapFunc {
-	return func(_ context.Context, o client.Object) []reconcile.Request {
-		l := o.GetLabels()
-		if l[v1alpha1.WorkloadKindLabel] != kind || l[v1alpha1.WorkloadLabel] == "" {
-			return nil
-		}
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[v1alpha1.WorkloadLabel]}}}
-	}
-}
-
-// annotated selects workloads with the UpdateAnnotation.
-var annotated = predicate.NewPredicateFuncs(func(o client.Object) bool {
-	_, ok := o.GetAnnotations()[v1alpha1.UpdateAnnotation]
-	return ok
-})
 
 // rollout is one workload's in-place rollout as read at the start of a
 // reconcile. The kinds differ in how a pod names its revision and which
@@ -302,7 +283,7 @@ func (r *InPlaceReconciler) migrationName(ro *rollout, p *corev1.Pod) string {
 func (r *InPlaceReconciler) follow(ctx context.Context, ro *rollout, p *corev1.Pod, mig *v1alpha1.Migration) (stop bool, err error) {
 	switch mig.Status.Phase {
 	case v1alpha1.PhaseCompleted:
-		if err := r.markApplied(ctx, mig); err != nil {
+		if err := markApplied(ctx, r.Client, mig); err != nil {
 			return false, err
 		}
 		orig := p.DeepCopy()
@@ -338,25 +319,12 @@ func (r *InPlaceReconciler) start(ctx context.Context, ro *rollout, p *corev1.Po
 	if problem != "" {
 		r.event(ro.obj, p, corev1.EventTypeWarning, v1alpha1.ReasonUnsupportedWorkload, problem)
 	}
-	mig := &v1alpha1.Migration{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: p.Namespace, Name: r.migrationName(ro, p),
-			Labels: map[string]string{
-				v1alpha1.WorkloadLabel: ro.obj.GetName(), v1alpha1.WorkloadKindLabel: ro.kind,
-				v1alpha1.RevisionLabel: ro.hash,
-			},
-		},
-		Spec: v1alpha1.MigrationSpec{
-			Source:  v1alpha1.Endpoint{Pod: p.Name, Container: container},
-			Target:  v1alpha1.TargetEndpoint{Endpoint: v1alpha1.Endpoint{Pod: p.Name, Container: container}, Image: image},
-			Timeout: &metav1.Duration{Duration: timeout},
-		},
-	}
-	if err := ctrl.SetControllerReference(p, mig, r.Client.Scheme()); err != nil {
-		return false, fmt.Errorf("own migration %s/%s by pod %s: %w", mig.Namespace, mig.Name, p.Name, err)
-	}
-	if err := r.Client.Create(ctx, mig); err != nil && !apierrors.IsAlreadyExists(err) {
-		return false, fmt.Errorf("create migration %s/%s: %w", mig.Namespace, mig.Name, err)
+	mig, err := createInPlaceMigration(ctx, r.Client, p, inPlaceMigration{
+		name: r.migrationName(ro, p), container: container, image: image,
+		workload: ro.obj.GetName(), kind: ro.kind, revision: ro.hash, timeout: timeout,
+	})
+	if err != nil {
+		return false, err
 	}
 	r.event(ro.obj, p, corev1.EventTypeNormal, v1alpha1.ReasonUpdatingInPlace,
 		fmt.Sprintf("pod %s: Migration %s restarts container %s with image %s while the node agent holds its sockets", p.Name, mig.Name, container, image))
@@ -392,7 +360,7 @@ func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *core
 		return true, nil
 	}
 	if mig != nil {
-		if err := r.markApplied(ctx, mig); err != nil {
+		if err := markApplied(ctx, r.Client, mig); err != nil {
 			return false, err
 		}
 	}
@@ -402,29 +370,6 @@ func (r *InPlaceReconciler) notInPlace(ctx context.Context, ro *rollout, p *core
 		return false, fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return true, nil
-}
-
-// migrationTimeout is the timeout of a rollout's Migration: the first
-// TimeoutAnnotation found in annotations (the pod's, then the workload's),
-// else set, else def. A value that is not a duration from 1s to 1h is
-// ignored, and problem says so.
-func migrationTimeout(set, def time.Duration, annotations ...map[string]string) (d time.Duration, problem string) {
-	d = def
-	if set > 0 {
-		d = set
-	}
-	for _, a := range annotations {
-		v, ok := a[v1alpha1.TimeoutAnnotation]
-		if !ok {
-			continue
-		}
-		t, err := time.ParseDuration(v)
-		if err != nil || t < time.Second || t > time.Hour {
-			return d, fmt.Sprintf("%s=%q is not a duration from 1s to 1h; using %v", v1alpha1.TimeoutAnnotation, v, d)
-		}
-		return t, ""
-	}
-	return d, ""
 }
 
 // ownOutcome reports whether an applied Migration is the one that last
@@ -444,47 +389,6 @@ func ownOutcome(p *corev1.Pod, mig *v1alpha1.Migration) bool {
 	return false
 }
 
-// markApplied marks a Migration whose outcome the rollout applied.
-func (r *InPlaceReconciler) markApplied(ctx context.Context, mig *v1alpha1.Migration) error {
-	if mig.Annotations[v1alpha1.AppliedAnnotation] == "true" {
-		return nil
-	}
-	orig := mig.DeepCopy()
-	if mig.Annotations == nil {
-		mig.Annotations = map[string]string{}
-	}
-	mig.Annotations[v1alpha1.AppliedAnnotation] = "true"
-	if err := r.Client.Patch(ctx, mig, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("mark migration %s/%s applied: %w", mig.Namespace, mig.Name, err)
-	}
-	return nil
-}
-
 func (r *InPlaceReconciler) event(o client.Object, related *corev1.Pod, kind, reason, msg string) {
 	record(r.Recorder, o, related, kind, reason, msg)
-}
-
-// record records an Event about o, related to a pod when there is one: a
-// workload's Events about different pods then stay apart (the recorder
-// merges Events with the same object, reason and related object into one
-// series, keeping only the first note).
-func record(rec events.EventRecorder, o client.Object, related *corev1.Pod, kind, reason, msg string) {
-	if rec == nil {
-		return
-	}
-	var rel runtime.Object
-	if related != nil {
-		rel = related
-	}
-	rec.Eventf(o, rel, kind, reason, "Rollout", "%s", msg)
-}
-
-// podReady reports whether the pod's Ready condition is True.
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
