@@ -295,7 +295,7 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 			}
 			switch m.Type {
 			case wire.TypeBatch:
-				if err := rc.check(m); err != nil {
+				if err := rc.checkBatch(m); err != nil {
 					m.CloseFDs()
 					return abort(failure(wire.CodeMalformed, "source sent a bad batch: %v", err))
 				}
@@ -369,8 +369,8 @@ func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress
 				t.log.Info("the source let go before it heard the abort: keeping its descriptors", "abortReason", cause.Reason)
 			}
 			setState(src, "moved")
-			res.Listeners, res.Connections, res.Packets = int(rc.sum.Listeners), int(rc.sum.Conns), int(rc.sum.Packets)
-			res.Batches, res.StateBytes = int(rc.sum.Batches), rc.sum.StateBytes
+			res.Listeners, res.Connections, res.Packets = int(rc.Summary().Listeners), int(rc.Summary().Conns), int(rc.Summary().Packets)
+			res.Batches, res.StateBytes = int(rc.Summary().Batches), rc.Summary().StateBytes
 			progress("Stored", fmt.Sprintf("holding %d descriptors", e.fds()))
 			return t.result(res, start, nil, &e.sum, letGo, 0), e
 		case <-deadline.C:
