@@ -117,6 +117,7 @@ type Process struct {
 	tracked    trackList
 	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
 	export     *exportTx              // the outgoing migration in progress
+	exports    uint64                 // outgoing migrations started, for copyMark
 	moved      bool
 	closing    bool // Close was called: the application is leaving
 	readyDone  bool
