@@ -546,7 +546,7 @@ func (r *relay) outcome(res admin.Result, start time.Time) admin.Result {
 	}
 	got := r.rc.Summary()
 	res.Listeners, res.Connections, res.Packets = int(got.Listeners), int(got.Conns), int(got.Packets)
-	res.Batches, res.StateBytes, res.Copies = int(got.Batches), got.StateBytes, int(got.Copies)
+	res.Batches, res.StateBytes, res.Copies, res.Dropped = int(got.Batches), got.StateBytes, int(got.Copies), r.rc.Dropped()
 	if r.rc.precopy && r.sum.FreezeStartNS > r.prepareNS {
 		res.PrecopyNS = int64(r.sum.FreezeStartNS - r.prepareNS)
 	}

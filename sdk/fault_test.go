@@ -57,6 +57,9 @@ func applyChildFaults() {
 			}
 		})
 	}
+	if v, err := strconv.Atoi(os.Getenv("MAX_VERSION")); err == nil {
+		handoff.SetMaxVersion(uint16(v))
+	}
 	if n, err := strconv.Atoi(os.Getenv("NOFILE")); err == nil {
 		lim := syscall.Rlimit{Cur: uint64(n), Max: uint64(n)}
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)

@@ -16,6 +16,7 @@ type Tally struct {
 	kinds   []uint8 // the kind of each copy, by index
 	verdict []uint8 // each copy's verdict so far, 0 for none
 	decided int     // copies with a verdict
+	dropped int     // copies with a Drop verdict
 	frozen  bool    // an ordinary batch or a Seal came: no copies after it
 }
 
@@ -58,6 +59,8 @@ func (t *Tally) Seal(si *SealInfo) error {
 		t.decided++
 		if e.Verdict == SealKeep {
 			t.count(t.kinds[e.Index])
+		} else {
+			t.dropped++
 		}
 	}
 	t.sum.StateBytes += si.StateSum
@@ -81,6 +84,9 @@ func (t *Tally) Summary() Summary { return t.sum }
 
 // Undecided is the number of copies still without a verdict.
 func (t *Tally) Undecided() int { return len(t.verdict) - t.decided }
+
+// Dropped is the number of copies with a Drop verdict.
+func (t *Tally) Dropped() int { return t.dropped }
 
 // Verdict is copy i's verdict so far (0 for none).
 func (t *Tally) Verdict(i uint32) uint8 { return t.verdict[i] }

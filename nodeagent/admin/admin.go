@@ -78,6 +78,9 @@ type Result struct {
 	// Copies is how many descriptors the source sent ahead, while it
 	// still served (a pre-copy, protocol version 3); 0 without one.
 	Copies int `json:"copies,omitempty"`
+	// Dropped is how many of the copies did not move: the source closed,
+	// untracked or skipped them during the pre-copy.
+	Dropped int `json:"dropped,omitempty"`
 	// PrecopyNS runs from Prepare to the source stopping: the pre-copy,
 	// outside the pause. 0 without one.
 	PrecopyNS int64 `json:"precopyNs,omitempty"`
