@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 )
 
 // streamerPair creates hostNetwork pods "old" and "new" on na's node, an
