@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/stream"
+	"github.com/handoff-dev/handoff/examples/streamer/stream"
 	handoff "github.com/handoff-dev/handoff/sdk"
 )
 
