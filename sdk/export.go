@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -519,7 +520,17 @@ func (x *exportTx) freezeConns(jobs []job) bool {
 	}
 	var stallC <-chan time.Time
 	if len(jobs) > 0 {
-		startWorker()
+		// After a pre-copy the agent and the target have little to do
+		// while the freeze runs (a Seal per 1024 connections), so the
+		// freeze may use every core; without one they relay and adopt
+		// descriptors meanwhile, and one worker leaves them a core.
+		first := 1
+		if x.precopy {
+			first = min(runtime.GOMAXPROCS(0), freezeWorkers, (len(jobs)+freezeChunk-1)/freezeChunk)
+		}
+		for range first {
+			startWorker()
+		}
 		stall := time.NewTicker(freezeStall)
 		defer stall.Stop()
 		stallC = stall.C
