@@ -38,6 +38,11 @@ type incoming struct {
 
 	releaseGC func() // ends the collector's hold taken at Begin
 
+	// wake interrupts the receive loop's wait for the agent, so that a
+	// failure in the adopter aborts at once rather than at the next
+	// message. Set before the adopter starts.
+	wake func()
+
 	res *reserve // memory prepared in standby, or nil
 
 	gates   []*sockGate
@@ -206,6 +211,7 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	// overlaps adopting this one when a second core is free: the target
 	// is the last stage of the transfer, and what it does after the last
 	// batch arrives is all pause.
+	in.wake = func() { c.SetReadDeadline(time.Unix(1, 0)) }
 	jobs := make(chan wire.Msg, 8)
 	adopted := make(chan struct{})
 	go func() {
@@ -260,6 +266,11 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	for {
 		m, err := c.RecvWith(bodyAlloc)
 		if err != nil {
+			if code, ferr := in.failure(); code != 0 {
+				// The adopter failed and woke this wait.
+				c.SetReadDeadline(in.deadline)
+				return nil, abort(code, ferr)
+			}
 			if ctx.Err() != nil {
 				return nil, abort(wire.CodeCancelled, ctx.Err())
 			}
@@ -369,10 +380,14 @@ func (in *incoming) endGCHold() {
 // fail records the first thing that went wrong while adopting.
 func (in *incoming) fail(code uint32, err error) {
 	in.mu.Lock()
-	if in.errCode == 0 {
+	first := in.errCode == 0
+	if first {
 		in.errCode, in.err = code, err
 	}
 	in.mu.Unlock()
+	if first && in.wake != nil {
+		in.wake()
+	}
 }
 
 // failure is what fail recorded: code 0 if nothing.
