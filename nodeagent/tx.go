@@ -568,7 +568,7 @@ func (t *txn) result(res admin.Result, start time.Time, f *wire.Failure, sum *wi
 	res.DurationNS = int64(time.Since(start))
 	if f != nil {
 		res.Phase = PhaseFailed
-		res.Reason = f.Code.String()
+		res.Code, res.Reason = f.Code, f.Code.String()
 		res.Message = f.Reason
 		return res
 	}

@@ -206,7 +206,7 @@ func TestBadBatchInTransaction(t *testing.T) {
 				t.Logf("source told: %s", f)
 			}
 			res := waitStore(t, done)
-			if res.Phase != nodeagent.PhaseFailed || res.Reason != tc.code.String() || res.Message == "" {
+			if res.Phase != nodeagent.PhaseFailed || res.Code != tc.code || res.Message == "" {
 				t.Fatalf("store result %+v: want Failed with code %s and a message", res, tc.code)
 			}
 			t.Logf("store failed: %s: %s", res.Reason, res.Message)

@@ -305,8 +305,8 @@ func (f *faultSetup) checkStreamsCarriedOn(t *testing.T) {
 
 func wantFailed(t *testing.T, res admin.Result, code wire.Code) {
 	t.Helper()
-	if res.Phase != nodeagent.PhaseFailed || res.Reason != code.String() {
-		t.Fatalf("migration %s: %s: %s; want %s: %s", res.Phase, res.Reason, res.Message, nodeagent.PhaseFailed, code)
+	if res.Phase != nodeagent.PhaseFailed || res.Code != code || res.Reason != code.String() {
+		t.Fatalf("migration %s: %s (%s): %s; want %s: %s", res.Phase, res.Code, res.Reason, res.Message, nodeagent.PhaseFailed, code)
 	}
 	t.Logf("migration failed as it should after %v: %s: %s", res.Duration().Round(time.Millisecond), res.Reason, res.Message)
 }

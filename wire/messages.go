@@ -85,7 +85,7 @@ const (
 // and Abort as a uint32; a receiver accepts any value, known or not.
 type Code uint32
 
-// Codes carried by Error and Abort.
+// Codes carried by Error and Abort, and by the agent's results.
 const (
 	CodeVersion     Code = 1  // no common protocol version
 	CodeMalformed   Code = 2  // a message did not decode
@@ -101,6 +101,11 @@ const (
 	CodeCancelled   Code = 12 // an administrator or shutdown cancelled it
 	CodeUnexpected  Code = 13 // a message arrived that the state does not allow
 	CodeAgentClosed Code = 14 // the agent is shutting down
+	// CodeNotClaimed: descriptors the agent stored for a restarting
+	// process were closed before any process claimed them (the hold
+	// expired, or the agent shut down). Only in the agent's results,
+	// never sent.
+	CodeNotClaimed Code = 15
 )
 
 var codeNames = map[Code]string{
@@ -108,7 +113,7 @@ var codeNames = map[Code]string{
 	CodeBusy: "Busy", CodeInternal: "Internal", CodeNotFound: "NotFound",
 	CodeDeadline: "DeadlineExceeded", CodeSourceLost: "SourceLost", CodeTargetLost: "TargetLost",
 	CodeImport: "ImportFailed", CodeExport: "ExportFailed", CodeCancelled: "Cancelled",
-	CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed",
+	CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed", CodeNotClaimed: "NotClaimed",
 }
 
 // String is a short CamelCase name of c, for logs and reports; a code

@@ -152,7 +152,7 @@ func TestCodeNames(t *testing.T) {
 	want := map[Code]string{
 		1: "Version", 2: "Malformed", 3: "Refused", 4: "Busy", 5: "Internal", 6: "NotFound",
 		7: "DeadlineExceeded", 8: "SourceLost", 9: "TargetLost", 10: "ImportFailed",
-		11: "ExportFailed", 12: "Cancelled", 13: "UnexpectedMessage", 14: "AgentClosed",
+		11: "ExportFailed", 12: "Cancelled", 13: "UnexpectedMessage", 14: "AgentClosed", 15: "NotClaimed",
 	}
 	codes := Codes()
 	if len(codes) != len(want) || !slices.IsSorted(codes) {
@@ -163,7 +163,7 @@ func TestCodeNames(t *testing.T) {
 			t.Errorf("Code(%d).String() = %q, want %q", uint32(c), c.String(), want[c])
 		}
 	}
-	for _, c := range []Code{0, 15, 1 << 31} {
+	for _, c := range []Code{0, 16, 1 << 31} {
 		if got := c.String(); got != "Code"+strconv.FormatUint(uint64(c), 10) {
 			t.Errorf("Code(%d).String() = %q", uint32(c), got)
 		}
