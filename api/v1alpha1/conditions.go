@@ -35,6 +35,8 @@ const (
 // Condition reasons. Each failure has its own, so a user (or a script) can
 // tell what to fix.
 const (
+	// ReasonPending: the controller has not validated the pods yet.
+	ReasonPending = "Pending"
 	// ReasonValid: both pods and containers exist, run and share a node
 	// and a network namespace.
 	ReasonValid = "Valid"
