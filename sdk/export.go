@@ -170,19 +170,72 @@ func (x *exportTx) run() {
 	x.awaitDecision(sum)
 }
 
-// precopy is one socket the pre-copy sends: its entry and a duplicate of
-// its descriptor, taken while the socket was known to be open.
-type precopyItem struct {
-	entry wire.Entry
-	fd    int
+// copyable is a socket a pre-copy can send: listeners, packet sockets
+// and tracked connections.
+type copyable interface {
+	dup() (int, error) // a duplicate of its descriptor, taken while it is open
+	mark() *copyMark   // which pre-copy sent it, under p.mu
+}
+
+func (l *listener) dup() (int, error)   { return dupRaw(l.raw) }
+func (c *packetConn) dup() (int, error) { return dupRaw(c.raw) }
+func (m *copyMark) mark() *copyMark     { return m }
+
+// copyBatch is the copy batch the pre-copy is filling: entries and
+// duplicates of their descriptors, sent when MaxFDs are queued.
+type copyBatch struct {
+	x       *exportTx
+	entries []wire.Entry
+	fds     []int
+	body    []byte
+}
+
+// add queues a copy of s. A socket that cannot be duplicated (closed
+// since the snapshot, EMFILE) is not copied: if it still moves, the
+// freeze sends it in an ordinary batch. A copy of a connection that is
+// untracked by the freeze is dropped in the seal.
+func (cb *copyBatch) add(kind uint8, key string, s copyable) error {
+	fd, err := s.dup()
+	if err != nil {
+		return nil
+	}
+	p := cb.x.p
+	p.mu.Lock()
+	m := s.mark()
+	m.copyGen, m.copyIdx = cb.x.gen, uint32(cb.x.copies)
+	cb.x.copies++
+	p.mu.Unlock()
+	cb.entries = append(cb.entries, wire.Entry{Kind: kind, Key: key})
+	cb.fds = append(cb.fds, fd)
+	if len(cb.fds) == wire.MaxFDs {
+		return cb.send()
+	}
+	return nil
+}
+
+// send sends what is queued, and closes the duplicates.
+func (cb *copyBatch) send() error {
+	if len(cb.fds) == 0 {
+		return nil
+	}
+	x := cb.x
+	defer func() {
+		wire.CloseAll(cb.fds)
+		cb.entries, cb.fds = cb.entries[:0], cb.fds[:0]
+	}()
+	var flags uint16
+	cb.body, flags = wire.AppendCopyBatch(cb.body[:0], cb.entries)
+	if err := x.send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: x.txid, Seq: x.copySeq}, Body: cb.body, FDs: cb.fds}); err != nil {
+		return err
+	}
+	x.copySeq++
+	return x.tally.Batch(&wire.BatchInfo{Entries: cb.entries, Copy: true})
 }
 
 // precopyAll sends a copy of every listener, packet socket and tracked
 // connection that would move, in copy batches of up to MaxFDs, while the
 // process serves on. The target holds the copies without touching them;
-// the seal says which of them move. A socket closed meanwhile is not sent;
-// one that fails to duplicate (EMFILE) is left to the freeze, which sends
-// it in an ordinary batch.
+// the seal says which of them move.
 func (x *exportTx) precopyAll() bool {
 	p := x.p
 	var (
@@ -206,79 +259,35 @@ func (x *exportTx) precopyAll() bool {
 	}
 	p.mu.Unlock()
 
-	its := make([]precopyItem, 0, wire.MaxFDs)
-	entries := make([]wire.Entry, 0, wire.MaxFDs)
-	fds := make([]int, 0, wire.MaxFDs)
-	var body []byte
-	send := func() bool {
-		if len(its) == 0 {
-			return true
-		}
-		entries, fds = entries[:0], fds[:0]
-		for _, it := range its {
-			entries, fds = append(entries, it.entry), append(fds, it.fd)
-		}
-		var flags uint16
-		body, flags = wire.AppendCopyBatch(body[:0], entries)
-		err := x.send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: x.txid, Seq: x.copySeq}, Body: body, FDs: fds})
-		wire.CloseAll(fds)
-		its = its[:0]
-		if err != nil {
-			if !errors.Is(err, errDecided) {
-				x.fail(wire.CodeExport, "pre-copy: %v", err)
+	cb := &copyBatch{x: x, entries: make([]wire.Entry, 0, wire.MaxFDs), fds: make([]int, 0, wire.MaxFDs)}
+	err := func() error {
+		for _, l := range lns {
+			if err := cb.add(wire.KindListener, l.key, l); err != nil {
+				return err
 			}
-			return false
 		}
-		_ = x.tally.Batch(&wire.BatchInfo{Entries: entries, Copy: true})
-		x.copySeq++
-		return !x.interrupted("pre-copying")
+		for _, c := range pcs {
+			if err := cb.add(wire.KindPacket, c.key, c); err != nil {
+				return err
+			}
+		}
+		for i, t := range conns {
+			if err := cb.add(wire.KindConn, t.family, t); err != nil {
+				return err
+			}
+			if i%wire.MaxFDs == 0 && x.interrupted("pre-copying") {
+				return errDecided
+			}
+		}
+		return cb.send()
+	}()
+	if err != nil {
+		if !errors.Is(err, errDecided) {
+			x.fail(wire.CodeExport, "pre-copy: %v", err)
+		}
+		return false
 	}
-	// Each socket is duplicated under p.mu, where it is marked as copied,
-	// and only if it is still the process's: a connection closed since
-	// the snapshot is not sent, and the duplicate keeps the number from
-	// going to another socket before the send.
-	add := func(kind uint8, key string, dup func() (int, error), mark func(idx uint32), still func() bool) bool {
-		p.mu.Lock()
-		if !still() {
-			p.mu.Unlock()
-			return true
-		}
-		fd, err := dup()
-		if err != nil {
-			p.mu.Unlock()
-			return true // the freeze sends it in an ordinary batch
-		}
-		mark(uint32(x.copies))
-		x.copies++
-		p.mu.Unlock()
-		its = append(its, precopyItem{entry: wire.Entry{Kind: kind, Key: key}, fd: fd})
-		if len(its) == wire.MaxFDs {
-			return send()
-		}
-		return true
-	}
-	for _, l := range lns {
-		if !add(wire.KindListener, l.key, func() (int, error) { return dupRaw(l.raw) },
-			func(i uint32) { l.copyGen, l.copyIdx = x.gen, i },
-			func() bool { _, ok := p.listeners[l]; return ok }) {
-			return false
-		}
-	}
-	for _, c := range pcs {
-		if !add(wire.KindPacket, c.key, func() (int, error) { return dupRaw(c.raw) },
-			func(i uint32) { c.copyGen, c.copyIdx = x.gen, i },
-			func() bool { _, ok := p.packets[c]; return ok }) {
-			return false
-		}
-	}
-	for _, t := range conns {
-		if !add(wire.KindConn, t.family, t.dup,
-			func(i uint32) { t.copyGen, t.copyIdx = x.gen, i },
-			func() bool { return p.tracked.has(t) }) {
-			return false
-		}
-	}
-	if !send() {
+	if x.interrupted("pre-copying") {
 		return false
 	}
 	x.kept = make([]bool, x.copies)
