@@ -244,7 +244,9 @@ func (p *Process) awaitBegin(ctx context.Context, pending, standby bool) (*incom
 // with an Abort to the agent.
 func (in *incoming) transfer(ctx context.Context, p *Process) error {
 	c := in.agent
-	c.SetReadDeadline(in.deadline)
+	// The agent enforces the deadline and says so with Abort; this
+	// process's own, readyGrace later, is for an agent that went quiet.
+	c.SetReadDeadline(in.deadline.Add(readyGrace))
 	defer c.SetReadDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -262,11 +264,13 @@ func (in *incoming) transfer(ctx context.Context, p *Process) error {
 		if err != nil {
 			if code, ferr := in.failure(); code != 0 {
 				// The adopter failed and woke this wait.
-				c.SetReadDeadline(in.deadline)
 				return in.abort(code, ferr)
 			}
 			if ctx.Err() != nil {
 				return in.abort(wire.CodeCancelled, ctx.Err())
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(in.deadline) {
+				return in.abort(wire.CodeDeadline, fmt.Errorf("the agent sent nothing more within the deadline of %dms: %w", in.begin.TimeoutMS, err))
 			}
 			return in.abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
 		}

@@ -53,8 +53,8 @@ func TestPrecopyVersions(t *testing.T) {
 // every stream and every short connection keeps every byte.
 func TestPrecopyChurn(t *testing.T) {
 	const streams = 200
-	f := setupSource(t, streams, "STALL_AT=precopied:400ms")
-	f.load.startShort(t, f.src.addr, 200)
+	f := setupSource(t, streams, "STALL_AT=precopied:300ms")
+	f.load.startShort(t, f.src.addr, 100)
 	dst := startStreamer(t, f.ta.socket, true)
 	ds := f.ta.join(t, dst.pid)
 	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)
