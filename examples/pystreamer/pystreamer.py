@@ -514,7 +514,7 @@ def main() -> int:
         return 1
     inherited = p.inherited
     if a.warmup > 0:
-        print(f"pystreamer: warming up for {a.warmup}s", file=sys.stderr, flush=True)
+        print(f"pystreamer: warming up for {a.warmup}s", flush=True)
         if stop.wait(a.warmup):
             return 1
     try:
