@@ -6,7 +6,10 @@
 package interop
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -65,10 +68,15 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "test/interop: build the agent and the streamer: %v\n", err)
 		return 1
 	}
-	script := "#!/bin/sh\nexec python3 -u " + filepath.Join(root, "examples", "pystreamer", "pystreamer.py") + " \"$@\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "pystreamer"), []byte(script), 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	for name, script := range map[string]string{
+		"pystreamer": filepath.Join(root, "examples", "pystreamer", "pystreamer.py"),
+		"aio_blob":   filepath.Join(root, "sdk", "python", "examples", "aio_blob.py"),
+	} {
+		sh := "#!/bin/sh\nexec python3 -u " + script + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(sh), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	bin = dir
 	return m.Run()
@@ -572,4 +580,87 @@ func TestPythonTargetEMFILE(t *testing.T) {
 	}
 	waitFDCount(t, src.Pid(), base)
 	checkClients(t, clients, n)
+}
+
+// blob is aio_blob's state for a connection of size bytes: byte i is i % 251.
+func blob(size int) []byte {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}
+
+// TestAsyncioBigState: connections of an asyncio server
+// (sdk/python/examples/aio_blob.py, on handoff.aio) carry 4 MiB of state
+// each, so the batch's states travel in a memfd, from a Python source to a
+// Python target through the Go agent; each connection's state arrives whole
+// and the connection carries on in the new process.
+func TestAsyncioBigState(t *testing.T) {
+	env := newEnv(t)
+	startAgent(t, env)
+	a := adminClient(t, env)
+	addr := freeAddr(t)
+	start := func(label string, standby bool) *harness.Proc {
+		args := []string{"--addr", addr, "--socket", env.Socket()}
+		if standby {
+			args = append(args, "--standby")
+		}
+		p, err := env.Start(label, "aio_blob", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	src := start("aio-1", false)
+	if err := src.WaitServing(bound); err != nil {
+		t.Fatal(err)
+	}
+	const conns, size = 3, 4 << 20
+	sum := sha256.Sum256(blob(size))
+	digest := hex.EncodeToString(sum[:])
+	type client struct {
+		c net.Conn
+		r *bufio.Reader
+	}
+	ask := func(cl client, req string) string {
+		t.Helper()
+		cl.c.SetDeadline(time.Now().Add(bound))
+		if _, err := cl.c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		l, err := cl.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("ask %q: %v", req, err)
+		}
+		return strings.TrimSpace(l)
+	}
+	var cls []client
+	for range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		cl := client{c, bufio.NewReader(c)}
+		if got, want := ask(cl, fmt.Sprintf("%d\n", size)), fmt.Sprintf("HELD %d", src.Pid()); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+		cls = append(cls, cl)
+	}
+	dst := start("aio-2", true)
+	res := migrate(t, a, session(t, a, src), session(t, a, dst), nil)
+	wantCompleted(t, res, conns)
+	if res.StateBytes < conns*size || res.Batches != 1 {
+		t.Fatalf("%d state bytes in %d batches; want at least %d in one (a memfd)", res.StateBytes, res.Batches, conns*size)
+	}
+	wantTakeover(t, dst, conns)
+	if _, err := src.Line("moved away", bound); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range cls {
+		if got, want := ask(cl, "?\n"), fmt.Sprintf("OK %d %s %d", size, digest, dst.Pid()); got != want {
+			t.Fatalf("after the migration got %q, want %q", got, want)
+		}
+	}
 }
