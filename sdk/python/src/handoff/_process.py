@@ -73,10 +73,11 @@ class _Gate:
         self.wake_r, self.wake_w = r, w
 
     def notify(self) -> None:
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass
+        if self.wake_w >= 0:
+            try:
+                os.write(self.wake_w, b"x")
+            except OSError:
+                pass
         for f in list(self.watchers):
             f()
 
@@ -84,6 +85,13 @@ class _Gate:
         if self.gate is not None and not self.gate.is_set():
             self.gate.set()
             self.notify()
+
+    def close_wake(self) -> None:
+        """Close the wake pipe once nobody can wait on it (closed or moved)."""
+        with self.cond:
+            r, w, self.wake_r, self.wake_w = self.wake_r, self.wake_w, -1, -1
+            self.cond.notify_all()
+        wire.close_all([r, w])
 
 
 class Listener:
@@ -153,11 +161,13 @@ class Listener:
                 if blocking:
                     pl = select.poll()
                     pl.register(self.sock.fileno(), select.POLLIN)
-                    pl.register(g.wake_r, select.POLLIN)
+                    wake = g.wake_r
+                    if wake >= 0:
+                        pl.register(wake, select.POLLIN)
                     ev = dict(pl.poll(None if timeout is None else timeout * 1000))
-                    if g.wake_r in ev:
+                    if wake >= 0 and wake in ev:
                         try:
-                            os.read(g.wake_r, 4096)
+                            os.read(wake, 4096)
                         except OSError:
                             pass
                     if self.sock.fileno() not in ev:
@@ -197,6 +207,7 @@ class Listener:
         with self._p._lock:
             self._p._listeners.pop(id(self), None)
         self.sock.close()
+        g.close_wake()
 
     # Migration side.
 
@@ -222,6 +233,7 @@ class Listener:
             g.moved = True
             g.cond.notify_all()
         g.notify()
+        g.close_wake()
 
 
 class Tracked:
@@ -692,6 +704,7 @@ class _Incoming:
                 ln._g.cond.notify_all()
             ln._g.open()
             ln.sock.close()
+            ln._g.close_wake()
         self.gates = []
         if self.pair is not None:
             self.pair.close()
