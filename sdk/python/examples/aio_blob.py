@@ -82,12 +82,14 @@ async def main() -> int:
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
     server.close()
+    done.cancel()
+    stopped.cancel()
     if p.done.is_set():
         print("aio_blob: moved away", flush=True)
-        os._exit(0)  # the executor thread waiting on done is gone; nothing else to finish
+        return 0
     p.close()
     print("aio_blob: stopped", flush=True)
-    os._exit(0)
+    return 0
 
 
 if __name__ == "__main__":

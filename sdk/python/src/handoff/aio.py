@@ -52,6 +52,7 @@ import concurrent.futures
 import functools
 import socket
 import struct
+import threading
 from typing import Awaitable, Callable, Optional
 
 from . import _process
@@ -95,9 +96,18 @@ async def ready(p: _process.Process) -> list[_process.Imported]:
 
 
 async def wait_done(p: _process.Process) -> None:
-    """Wait until this process's sockets were handed to another process."""
+    """Wait until this process's sockets were handed to another process.
+    (A daemon thread waits for the SDK's event, so a loop that ends for
+    another reason does not wait for it at shutdown.)"""
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, p.done.wait)
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    threading.Thread(target=lambda: (p.done.wait(), loop.call_soon_threadsafe(done)), daemon=True).start()
+    await fut
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, f: Callable[[], object]) -> object:
