@@ -176,7 +176,7 @@ class Target(unittest.TestCase):
             body, flags, states = wire.marshal_batch(es)
             good = self.fds(2)
             mfd = os.memfd_create("bad", os.MFD_CLOEXEC)
-            os.write(mfd, states)
+            os.write(mfd, b"".join(states))
             self.send_and_close(c, wire.BATCH, body, good + [mfd], txid=7, flags=flags)
         self.import_fails(feed, wire.CODE_IMPORT, "not sealed")
 

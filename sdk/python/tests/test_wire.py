@@ -112,6 +112,25 @@ class Batches(unittest.TestCase):
             os.close(fd)
         self.assertEqual([e.state for e in bi.entries], [e.state for e in es])
 
+    def test_buffer_lists(self) -> None:
+        """A state given as a list of buffers travels as their concatenation,
+        inline and in a memfd (more buffers than one pwritev takes)."""
+        small = [b"ab", bytearray(b"cd"), memoryview(b"ef")]
+        body, flags, _ = wire.marshal_batch([wire.Entry(wire.KIND_CONN, "tcp", small)])
+        self.assertEqual(flags, 0)
+        self.assertEqual(wire.decode_batch(body, 1).entries[0].state, b"abcdef")
+        big = [bytes([i % 256]) * 50 for i in range(3000)]
+        es = [wire.Entry(wire.KIND_CONN, "tcp", big), wire.Entry(wire.KIND_CONN, "unix", b""), wire.Entry(wire.KIND_CONN, "tcp", [b"z" * 70000])]
+        body, flags, states = wire.marshal_batch(es)
+        self.assertEqual(flags, wire.BATCH_MEMFD)
+        fd = wire.new_state_memfd(states)
+        try:
+            bi = wire.decode_batch(body, 4)
+            wire.read_states(fd, bi)
+        finally:
+            os.close(fd)
+        self.assertEqual([e.state for e in bi.entries], [b"".join(big), b"", b"z" * 70000])
+
     def test_unsealed_memfd_refused(self) -> None:
         fd = os.memfd_create("x", os.MFD_CLOEXEC)
         try:

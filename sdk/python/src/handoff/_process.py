@@ -240,7 +240,7 @@ class Tracked:
     """A connection under handoff's care (what :meth:`Process.track` returns)."""
 
     def __init__(self, p: "Process", conn: socket.socket, family: str,
-                 freeze: Callable[[], bytes], resume: Callable[[], None], moved: Optional[Callable[[], None]]) -> None:
+                 freeze: Callable[[], "wire.State"], resume: Callable[[], None], moved: Optional[Callable[[], None]]) -> None:
         self._p = p
         self.conn = conn
         self.family = family
@@ -468,11 +468,13 @@ class Process:
                 self._in.gates.append(ln)
         return ln
 
-    def track(self, conn: socket.socket, freeze: Callable[[], bytes], resume: Callable[[], None],
+    def track(self, conn: socket.socket, freeze: Callable[[], "wire.State"], resume: Callable[[], None],
               moved: Optional[Callable[[], None]] = None) -> Tracked:
         """Put conn under handoff's care: the next outgoing migration calls
         freeze (which stops all I/O on it at a safe point and returns its
-        state record, or raises :class:`Skip` to keep it here), then resume
+        state record, or raises :class:`Skip` to keep it here; the record
+        may be bytes or a list of buffers, which are sent as their
+        concatenation without being copied into one), then resume
         (the migration was called off: carry on) or moved (it belongs to the
         new process now: stop without closing or shutting it down; the SDK
         closes this process's copy afterwards). Raises :class:`Moved` when
@@ -823,10 +825,9 @@ class _Incoming:
         try:
             if bi.memfd:
                 try:
-                    states = wire.read_state_memfd(fds[-1], bi.state_sum)
+                    wire.read_states(fds[-1], bi)
                 except (wire.WireError, OSError) as e:
                     return f"state memfd: {e}"
-                wire.split_states(bi, states)
             for i, e in enumerate(bi.entries):
                 fd = fds[i]
                 try:
@@ -953,7 +954,8 @@ class _Export:
 
     def _add(self, e: wire.Entry, fd: int) -> None:
         kb = len(e.key.encode())
-        inline = 8 + kb + len(e.state)
+        sl = wire.state_len(e.state)
+        inline = 8 + kb + sl
         keys = 8 + kb
         n = len(self.items)
         # The Go SDK's rule (section 9), plus the body limit of a memfd batch.
@@ -971,7 +973,7 @@ class _Export:
             self.sum.conns += 1
         else:
             self.sum.packets += 1
-        self.sum.state_bytes += len(e.state)
+        self.sum.state_bytes += sl
 
     def _flush(self) -> None:
         if not self.items:
@@ -1049,7 +1051,7 @@ class _Export:
                 if fd < 0:
                     self.abort(wire.Failure(wire.CODE_EXPORT, "export connection: socket already closed"), True)
                     return
-                self._add(wire.Entry(wire.KIND_CONN, t.family, bytes(state)), fd)
+                self._add(wire.Entry(wire.KIND_CONN, t.family, state), fd)
             self._flush()
         except (OSError, wire.WireError) as e:
             self.abort(wire.Failure(wire.CODE_EXPORT, f"send batch {self.seq}: {e}"), True)

@@ -284,8 +284,8 @@ class Stream:
 
     # Hooks, called from the SDK's thread; each runs on the loop.
 
-    def _freeze(self) -> bytes:
-        def on_loop() -> bytes:
+    def _freeze(self) -> list[bytes]:
+        def on_loop() -> list[bytes]:
             if self._closed:
                 from .errors import Skip
                 raise Skip()
@@ -293,7 +293,11 @@ class Stream:
             self._stop_reading()
             self._stop_writing()
             app = self.state() if self.state is not None else b""
-            return encode_envelope(bytes(app), bytes(self._rbuf), bytes(self._wbuf))
+            # The application's state goes as it is, not copied into the
+            # envelope: a large one then costs no copy in this process.
+            unread, unsent = bytes(self._rbuf), bytes(self._wbuf)
+            head = _ENVELOPE + struct.pack("<III", len(app), len(unread), len(unsent))
+            return [head, app, unread, unsent]
         return _on_loop(self._loop, on_loop)  # type: ignore[return-value]
 
     def _resume(self) -> None:

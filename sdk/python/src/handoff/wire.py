@@ -497,13 +497,37 @@ def stamp(mono_ns: int | None = None) -> bytes:
     return struct.pack("<Q", monotonic_ns() if mono_ns is None else mono_ns)
 
 
+Buffer = bytes | bytearray | memoryview
+"""A state record, or a piece of one."""
+
+State = Buffer | Sequence[Buffer]
+"""A state record as a sender may give it: one buffer, or a sequence of
+buffers that are concatenated on the wire (and never copied into one when
+they travel in a memfd)."""
+
+
+def state_parts(st: State) -> Sequence[Buffer]:
+    """The buffers of a state record."""
+    if isinstance(st, (bytes, bytearray, memoryview)):
+        return (st,)
+    return st
+
+
+def state_len(st: State) -> int:
+    """The length of a state record in bytes."""
+    if isinstance(st, (bytes, bytearray, memoryview)):
+        return memoryview(st).nbytes
+    return sum(memoryview(b).nbytes for b in st)
+
+
 @dataclass
 class Entry:
-    """One descriptor of a batch: its kind, key and state record."""
+    """One descriptor of a batch: its kind, key and state record (received
+    entries always hold bytes)."""
 
     kind: int
     key: str
-    state: bytes = b""
+    state: State = b""
 
 
 @dataclass
@@ -521,34 +545,39 @@ _ENT = struct.Struct("<BBHI")
 
 def inline_size(entries: Sequence[Entry]) -> int:
     """The body size of entries with every state inline."""
-    return 8 + sum(8 + len(e.key.encode()) + len(e.state) for e in entries)
+    return 8 + sum(8 + len(e.key.encode()) + state_len(e.state) for e in entries)
 
 
-def marshal_batch(entries: Sequence[Entry]) -> tuple[bytes, int, bytes]:
+def marshal_batch(entries: Sequence[Entry]) -> tuple[bytes, int, list[Buffer]]:
     """Encode a Batch body: returns (body, flags, states). When the states do
     not fit inline (section 9), flags is BATCH_MEMFD, the body holds the
-    entries without their states and ``states`` is what the memfd must hold."""
+    entries without their states and ``states`` lists the buffers the memfd
+    must hold, in order (for :func:`new_state_memfd`); otherwise it is empty."""
     if not entries:
         raise MalformedError("malformed body: empty batch")
     keys = [e.key.encode() for e in entries]
     for k in keys:
         if len(k) > MAX_KEY:
             raise TooLargeError(f"key of {len(k)} bytes, limit {MAX_KEY}")
-    for e in entries:
-        if len(e.state) > MAX_STATE:
-            raise TooLargeError(f"state of {len(e.state)} bytes, limit {MAX_STATE}")
-    size = 8 + sum(8 + len(k) + len(e.state) for k, e in zip(keys, entries))
+    lens = [state_len(e.state) for e in entries]
+    for n in lens:
+        if n > MAX_STATE:
+            raise TooLargeError(f"state of {n} bytes, limit {MAX_STATE}")
+    size = 8 + sum(8 + len(k) + n for k, n in zip(keys, lens))
     memfd = size > MAX_BODY
-    parts = [struct.pack("<HHI", len(entries), BATCH_MEMFD if memfd else 0, 0)]
-    for k, e in zip(keys, entries):
-        parts.append(_ENT.pack(e.kind, 0, len(k), len(e.state)))
+    parts: list[Buffer] = [struct.pack("<HHI", len(entries), BATCH_MEMFD if memfd else 0, 0)]
+    for k, e, n in zip(keys, entries, lens):
+        parts.append(_ENT.pack(e.kind, 0, len(k), n))
         parts.append(k)
         if not memfd:
-            parts.append(e.state)
+            parts.extend(state_parts(e.state))
     body = b"".join(parts)
     if len(body) > MAX_BODY:
         raise TooLargeError(f"batch body of {len(body)} bytes even with its states in a memfd")
-    states = b"".join(e.state for e in entries) if memfd else b""
+    states: list[Buffer] = []
+    if memfd:
+        for e in entries:
+            states.extend(b for b in state_parts(e.state) if len(b))
     return body, (BATCH_MEMFD if memfd else 0), states
 
 
@@ -587,14 +616,29 @@ def decode_batch(body: bytes, nfds: int) -> BatchInfo:
 _F_SEALS_NEEDED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
-def new_state_memfd(states: bytes) -> int:
-    """A sealed memfd holding states (section 9). The caller closes it."""
+def new_state_memfd(states: Buffer | Sequence[Buffer]) -> int:
+    """A sealed memfd holding states, the concatenation of the buffers given
+    (section 9), written with pwritev: no copy of them is made in this
+    process. The caller closes it."""
+    bufs = [memoryview(b).cast("B") for b in state_parts(states)]
     fd = os.memfd_create("handoff-state", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        view = memoryview(states)
         off = 0
-        while off < len(view):
-            off += os.pwrite(fd, view[off:], off)
+        i = 0
+        while i < len(bufs):
+            chunk = bufs[i:i + 1024]  # IOV_MAX
+            n = os.pwritev(fd, chunk, off)
+            off += n
+            # Skip what was written, keeping the rest of a partly written buffer.
+            while n > 0 and i < len(bufs):
+                if n >= len(bufs[i]):
+                    n -= len(bufs[i])
+                    i += 1
+                else:
+                    bufs[i] = bufs[i][n:]
+                    n = 0
+            while i < len(bufs) and len(bufs[i]) == 0:
+                i += 1
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _F_SEALS_NEEDED | fcntl.F_SEAL_SEAL)
     except BaseException:
         os.close(fd)
@@ -605,6 +649,39 @@ def new_state_memfd(states: bytes) -> int:
 def read_state_memfd(fd: int, want: int) -> bytes:
     """Read a received state memfd with pread, after checking that it is a
     sealed regular file of exactly want bytes. Does not close fd."""
+    check_state_memfd(fd, want)
+    return _pread_exact(fd, want, 0)
+
+
+def read_states(fd: int, bi: BatchInfo) -> None:
+    """Check a received state memfd against a batch and read each entry's
+    state from it with its own pread, at its offset: one copy per state, and
+    the memfd's shared file offset untouched. Does not close fd."""
+    check_state_memfd(fd, bi.state_sum)
+    off = 0
+    for e, n in zip(bi.entries, bi.state_lens):
+        e.state = _pread_exact(fd, n, off) if n else b""
+        off += n
+
+
+def _pread_exact(fd: int, n: int, off: int) -> bytes:
+    first = os.pread(fd, n, off)
+    if len(first) == n:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < n:
+        chunk = os.pread(fd, n - got, off + got)
+        if not chunk:
+            raise MalformedError("read state memfd: short file")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def check_state_memfd(fd: int, want: int) -> None:
+    """Refuse a state memfd unless it is a regular file sealed against
+    writes and resizing, of exactly want bytes."""
     import stat as _stat
 
     st = os.fstat(fd)
@@ -618,15 +695,6 @@ def read_state_memfd(fd: int, want: int) -> bytes:
         raise MalformedError(f"state memfd: not sealed against writes and resizing (seals {seals:#x})")
     if st.st_size != want:
         raise MalformedError(f"state memfd: {st.st_size} bytes, batch announces {want}")
-    parts = []
-    off = 0
-    while off < want:
-        chunk = os.pread(fd, min(want - off, 1 << 24), off)
-        if not chunk:
-            raise MalformedError("read state memfd: short file")
-        parts.append(chunk)
-        off += len(chunk)
-    return b"".join(parts)
 
 
 def split_states(bi: BatchInfo, states: bytes) -> None:
