@@ -235,6 +235,7 @@ class Conn:
             if self.finished:
                 raise handoff.Skip()
             self.frozen = True
+            self.srv.frozen += 1
             self.srv.set_events(self, 0)
             due = self.due if self.phase == PHASE_STREAM else 0
             return encode_state(self.phase, self.req, self.name, self.next, self.pending, due)
@@ -242,11 +243,13 @@ class Conn:
     def resume(self) -> None:
         with self.srv.lock:
             self.frozen = False
+            self.srv.thawed()
             self.srv.schedule(self)
         self.srv.wake()
 
     def moved(self) -> None:
         with self.srv.lock:
+            self.srv.thawed()
             self.finished = True
             self.srv.conns.discard(self)
             self.srv.moved += 1
@@ -262,6 +265,13 @@ class Server:
         self.chunk = min(max(int(rate * tick), 1), MAX_UNSENT - len(OK_HEADER))
         self.sel = selectors.DefaultSelector()
         self.lock = threading.Lock()
+        # While a migration freezes connections (frozen > 0) the loop
+        # serves nobody and leaves the lock to the hooks, as the Go
+        # streamer's connections skip their ticks: otherwise each freeze
+        # would wait for a whole pass of the loop over thousands of
+        # connections.
+        self.idle = threading.Condition(self.lock)
+        self.frozen = 0
         self.conns: set[Conn] = set()
         self.timers: list[tuple[int, int, Conn]] = []
         self.seq = 0
@@ -272,6 +282,12 @@ class Server:
         self.ln_registered = False
         ln.sock.setblocking(False)
         ln.watch(self.wake)
+
+    def thawed(self) -> None:
+        """One frozen connection was resumed or moved (lock held)."""
+        self.frozen -= 1
+        if self.frozen == 0:
+            self.idle.notify_all()
 
     def wake(self) -> None:
         try:
@@ -447,6 +463,8 @@ class Server:
                     ready = self.sel.select(timeout)
                 finally:
                     self.lock.acquire()
+                while self.frozen > 0 and not self.stop and not self.p.done.is_set():
+                    self.idle.wait(0.1)
                 for key, ev in ready:
                     d = key.data
                     if d is None:
