@@ -114,6 +114,10 @@ demo: build ## Live migrations of a streaming server under verifying clients, wi
 bench: build ## Benchmark the pause against the SCM_RIGHTS floor at N=1000 and N=5000.
 	$(BIN)/handoff-bench
 
+.PHONY: bench-python
+bench-python: build ## The benchmark, plus migrations to a Python streamer and back (python3 3.11+).
+	$(BIN)/handoff-bench -python examples/pystreamer/pystreamer.py
+
 ##@ Test
 
 .PHONY: test

@@ -118,12 +118,17 @@ def parse_request(h: bytes) -> tuple[Optional[str], Optional[bytes]]:
 # The state record: examples/streamer/server/state.go.
 
 def _uvarint(v: int) -> bytes:
+    if v < 0x80:
+        return _SMALL[v]
     out = bytearray()
     while v >= 0x80:
         out.append((v & 0x7F) | 0x80)
         v >>= 7
     out.append(v)
     return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 class BadState(ValueError):
@@ -231,6 +236,7 @@ class Conn:
     # Hooks, called from the SDK's thread.
 
     def freeze(self) -> bytes:
+        self.srv.freezing = True  # the loop stops its pass at the next event
         with self.srv.lock:
             if self.finished:
                 raise handoff.Skip()
@@ -272,6 +278,10 @@ class Server:
         # connections.
         self.idle = threading.Condition(self.lock)
         self.frozen = 0
+        # freezing is set by a freeze hook before it takes the lock: the
+        # loop ends its pass over the events at once instead of making the
+        # hook wait for thousands of writes.
+        self.freezing = False
         self.conns: set[Conn] = set()
         self.timers: list[tuple[int, int, Conn]] = []
         self.seq = 0
@@ -420,7 +430,7 @@ class Server:
 
     def run_timers(self) -> Optional[float]:
         now = time.time_ns()
-        while self.timers and self.timers[0][0] <= now:
+        while self.timers and self.timers[0][0] <= now and not self.freezing:
             due, _, c = heapq.heappop(self.timers)
             if c.finished or c.frozen or c.pending or c.phase != PHASE_STREAM or c.due != due:
                 continue
@@ -465,7 +475,10 @@ class Server:
                     self.lock.acquire()
                 while self.frozen > 0 and not self.stop and not self.p.done.is_set():
                     self.idle.wait(0.1)
+                self.freezing = False
                 for key, ev in ready:
+                    if self.freezing:
+                        break  # level-triggered: what is left is reported again
                     d = key.data
                     if d is None:
                         try:

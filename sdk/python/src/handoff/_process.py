@@ -933,8 +933,10 @@ class _Export:
         self.body_inline = 8
         self.body_keys = 8
         self.sum = wire.Summary()
+        self.agent_said = False  # an agent event is queued: checked per connection without a lock
 
     def agent_event(self, f: wire.Failure) -> None:
+        self.agent_said = True
         self.events.put(("agent", f))
 
     def late(self, t: Tracked) -> None:
@@ -943,6 +945,8 @@ class _Export:
                 self.late_q.append(t)
 
     def _pending_agent(self) -> Optional[wire.Failure]:
+        if not self.agent_said:
+            return None
         try:
             kind, v = self.events.get_nowait()
         except queue.Empty:
@@ -953,7 +957,7 @@ class _Export:
     # Batches.
 
     def _add(self, e: wire.Entry, fd: int) -> None:
-        kb = len(e.key.encode())
+        kb = len(e.key) if e.key.isascii() else len(e.key.encode())
         sl = wire.state_len(e.state)
         inline = 8 + kb + sl
         keys = 8 + kb

@@ -515,6 +515,8 @@ def state_parts(st: State) -> Sequence[Buffer]:
 
 def state_len(st: State) -> int:
     """The length of a state record in bytes."""
+    if type(st) is bytes:
+        return len(st)
     if isinstance(st, (bytes, bytearray, memoryview)):
         return memoryview(st).nbytes
     return sum(memoryview(b).nbytes for b in st)
