@@ -71,6 +71,7 @@ func run(m *testing.M) int {
 	for name, script := range map[string]string{
 		"pystreamer": filepath.Join(root, "examples", "pystreamer", "pystreamer.py"),
 		"aio_blob":   filepath.Join(root, "sdk", "python", "examples", "aio_blob.py"),
+		"udp_echo":   filepath.Join(root, "sdk", "python", "examples", "udp_echo.py"),
 	} {
 		sh := "#!/bin/sh\nexec python3 -u " + script + " \"$@\"\n"
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(sh), 0o755); err != nil {
@@ -663,4 +664,68 @@ func TestAsyncioBigState(t *testing.T) {
 			t.Fatalf("after the migration got %q, want %q", got, want)
 		}
 	}
+}
+
+// TestPythonPacketSocket: a UDP socket (listen_packet) moves from one
+// Python process to another: the answer to a datagram sent after the
+// migration comes from the new process, on the same port.
+func TestPythonPacketSocket(t *testing.T) {
+	env := newEnv(t)
+	startAgent(t, env)
+	a := adminClient(t, env)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	start := func(label string, standby bool) *harness.Proc {
+		args := []string{"--addr", addr, "--socket", env.Socket()}
+		if standby {
+			args = append(args, "--standby")
+		}
+		p, err := env.Start(label, "udp_echo", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	src := start("udp-1", false)
+	if err := src.WaitServing(bound); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo := func(msg string, pid int) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(bound))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := string(b[:n]), fmt.Sprintf("%d %s", pid, msg); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	echo("before", src.Pid())
+	dst := start("udp-2", true)
+	res := migrate(t, a, session(t, a, src), session(t, a, dst), nil)
+	if res.Phase != "Completed" || res.Packets != 1 {
+		t.Fatalf("migration %s (%s: %s) with %d packet sockets; want Completed with 1", res.Phase, res.Reason, res.Message, res.Packets)
+	}
+	if err := dst.WaitServing(bound); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(dst.ServingLine, "inherited=true") {
+		t.Fatalf("the new process did not inherit the socket: %s", dst.ServingLine)
+	}
+	wantMovedAway(t, src)
+	echo("after", dst.Pid())
 }

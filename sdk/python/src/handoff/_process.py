@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from . import wire
 from .errors import Aborted, HandoffError, Moved, NotSupported, Skip, StandbyTimeout
@@ -40,6 +40,7 @@ READY_GRACE = 1.0
 """Seconds past the deadline a target that said Ready waits for the source."""
 
 LogFunc = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 def _default_log(line: str) -> None:
@@ -107,6 +108,8 @@ class Listener:
     and restart watching it.
     """
 
+    kind = wire.KIND_LISTENER
+
     def __init__(self, p: "Process", key: str, sock: socket.socket, inherited: bool) -> None:
         self._p = p
         self.key = key
@@ -141,58 +144,72 @@ class Listener:
         is None) it waits, also while a migration exports the socket; with
         the socket non-blocking it raises ``BlockingIOError`` instead.
         Raises :class:`Moved` once the socket belongs to another process."""
+        c, a = self._gated("accept", self._accept_now, timeout)
+        if self.sock.gettimeout() is None:
+            c.setblocking(True)
+        self._p._note_accepted(c)
+        return c, a
+
+    def _gated(self, what: str, op: Callable[[], _T], timeout: float | None) -> _T:
+        """Run the socket operation op when a migration allows it: blocking
+        callers wait (in poll, woken by a freeze), non-blocking ones get
+        BlockingIOError while paused."""
         g = self._g
-        blocking = self.sock.gettimeout() is None
+        blocking = self.sock.gettimeout() != 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with g.cond:
                 while True:
                     if g.moved:
-                        raise Moved(f"accept on {self.key}: sockets moved to another process")
+                        raise Moved(f"{what} on {self.key}: sockets moved to another process")
                     if g.closed:
-                        raise OSError(9, f"accept on {self.key}: listener closed")
+                        raise OSError(9, f"{what} on {self.key}: socket closed")
                     gated = g.gate is not None and not g.gate.is_set()
                     if not g.frozen and not gated:
                         break
                     if not blocking:
-                        raise BlockingIOError(11, f"accept on {self.key}: paused by a handoff")
+                        raise BlockingIOError(11, f"{what} on {self.key}: paused by a handoff")
                     g.cond.wait(0.05 if gated else None)
                 g.busy += 1
+                wake = g.wake_r
             try:
-                if blocking:
-                    pl = select.poll()
-                    pl.register(self.sock.fileno(), select.POLLIN)
-                    wake = g.wake_r
-                    if wake >= 0:
-                        pl.register(wake, select.POLLIN)
-                    ev = dict(pl.poll(None if timeout is None else timeout * 1000))
-                    if wake >= 0 and wake in ev:
-                        try:
-                            os.read(wake, 4096)
-                        except OSError:
-                            pass
-                    if self.sock.fileno() not in ev:
-                        if timeout is not None and not ev:
-                            raise TimeoutError(f"accept on {self.key}: timed out")
+                if not blocking:
+                    return op()
+                pl = select.poll()
+                pl.register(self.sock.fileno(), select.POLLIN)
+                if wake >= 0:
+                    # Readable from a freeze until the thaw: every waiter wakes.
+                    pl.register(wake, select.POLLIN)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+                ev = dict(pl.poll(left))
+                if self.sock.fileno() not in ev:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"{what} on {self.key}: timed out")
+                    continue
+                with g.cond:
+                    if g.frozen or g.moved or g.closed:
                         continue
-                    with g.cond:
-                        if g.frozen or g.moved or g.closed:
-                            continue
-                    self.sock.setblocking(False)
-                    try:
-                        c, a = self.sock.accept()
-                    except BlockingIOError:
-                        continue
-                    finally:
-                        self.sock.setblocking(True)
-                    c.setblocking(True)
-                else:
-                    c, a = self.sock.accept()
-                self._p._note_accepted(c)
-                return c, a
+                try:
+                    return op()
+                except BlockingIOError:
+                    continue  # another thread took it
             finally:
                 with g.cond:
                     g.busy -= 1
                     g.cond.notify_all()
+
+    def _accept_now(self) -> tuple[socket.socket, object]:
+        """accept that does not block. There is no MSG_DONTWAIT for accept,
+        so a blocking socket is switched to non-blocking around the call;
+        this happens only while the socket is not frozen, that is while no
+        other process holds a copy whose flags it would change."""
+        if self.sock.gettimeout() == 0.0:
+            return self.sock.accept()
+        self.sock.setblocking(False)
+        try:
+            return self.sock.accept()
+        finally:
+            self.sock.setblocking(True)
 
     def close(self) -> None:
         """Close the listener in this process and stop exporting it."""
@@ -224,8 +241,15 @@ class Listener:
         g = self._g
         with g.cond:
             g.frozen = False
+            if g.wake_r >= 0:
+                try:
+                    while os.read(g.wake_r, 4096):
+                        pass
+                except OSError:
+                    pass
             g.cond.notify_all()
-        g.notify()
+        for f in list(g.watchers):
+            f()
 
     def _mark_moved(self) -> None:
         g = self._g
@@ -234,6 +258,37 @@ class Listener:
             g.cond.notify_all()
         g.notify()
         g.close_wake()
+
+
+class PacketSocket(Listener):
+    """What :meth:`Process.listen_packet` returns: a datagram socket (UDP or
+    unixgram) whose reads stop while a migration exports it.
+
+    :meth:`recvfrom` behaves as :meth:`Listener.accept` does: it waits (or,
+    non-blocking, raises ``BlockingIOError``) while the socket is frozen or,
+    inherited, until :meth:`Process.ready`, and raises :class:`Moved` once the
+    socket belongs to another process. :meth:`sendto` waits only for the
+    inherited socket's gate.
+    """
+
+    kind = wire.KIND_PACKET
+
+    def accept(self, timeout: float | None = None) -> tuple[socket.socket, object]:
+        """Not for datagram sockets."""
+        raise NotSupported(f"accept on datagram socket {self.key}")
+
+    def recvfrom(self, bufsize: int, timeout: float | None = None) -> tuple[bytes, object]:
+        """The next datagram and its sender."""
+        return self._gated("read", lambda: self.sock.recvfrom(bufsize, socket.MSG_DONTWAIT), timeout)
+
+    def sendto(self, data: bytes, address: object) -> int:
+        """Send a datagram (after ready, for an inherited socket)."""
+        g = self._g
+        if g.gate is not None:
+            g.gate.wait()
+        if g.moved:
+            raise Moved(f"write on {self.key}: sockets moved to another process")
+        return self.sock.sendto(data, address)
 
 
 class Tracked:
@@ -268,15 +323,15 @@ def _key(network: str, address: str) -> str:
 
 
 def _parse_addr(network: str, address: str) -> tuple[int, object]:
-    if network == "unix":
+    if network in ("unix", "unixgram"):
         return socket.AF_UNIX, address
-    if network not in ("tcp", "tcp4", "tcp6"):
-        raise NotSupported(f"listen on network {network!r}: only tcp, tcp4, tcp6 and unix")
+    if network not in ("tcp", "tcp4", "tcp6", "udp", "udp4", "udp6"):
+        raise NotSupported(f"listen on network {network!r}: only tcp, tcp4, tcp6, unix, udp, udp4, udp6 and unixgram")
     host, sep, port = address.rpartition(":")
     if not sep:
         raise ValueError(f"listen {network} {address}: missing port")
     host = host.strip("[]")
-    fam = socket.AF_INET6 if network == "tcp6" or ":" in host else socket.AF_INET
+    fam = socket.AF_INET6 if network.endswith("6") or ":" in host else socket.AF_INET
     if not host:
         host = "::" if fam == socket.AF_INET6 else "0.0.0.0"
     return fam, (host, int(port))
@@ -467,6 +522,33 @@ class Process:
             if inherited and self._in is not None:
                 self._in.gates.append(ln)
         return ln
+
+    def listen_packet(self, network: str, address: str) -> PacketSocket:
+        """A datagram socket for network (``udp``, ``udp4``, ``udp6``,
+        ``unixgram``) and address, inherited as :meth:`listen` inherits
+        listeners (Go: ``ListenPacket``)."""
+        if network not in ("udp", "udp4", "udp6", "unixgram"):
+            raise NotSupported(f"listen_packet on network {network!r}: only udp, udp4, udp6 and unixgram")
+        k = _key(network, address)
+        with self._lock:
+            if self._moved:
+                raise Moved(f"listen_packet {network} {address}: sockets moved to another process")
+            sock = self._in.packets.pop(k, None) if self._in is not None else None
+        inherited = sock is not None
+        if sock is None:
+            fam, addr = _parse_addr(network, address)
+            sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(addr)
+            except BaseException:
+                sock.close()
+                raise
+        pc = PacketSocket(self, k, sock, inherited)
+        with self._lock:
+            self._listeners[id(pc)] = pc
+            if inherited and self._in is not None:
+                self._in.gates.append(pc)
+        return pc
 
     def track(self, conn: socket.socket, freeze: Callable[[], "wire.State"], resume: Callable[[], None],
               moved: Optional[Callable[[], None]] = None) -> Tracked:
@@ -1005,8 +1087,12 @@ class _Export:
         freeze_start = wire.monotonic_ns()
         deadline = time.monotonic() + self.prep.timeout_ms / 1000
         with p._lock:
-            if self.prep.what & wire.MOVE_LISTENERS:
-                self.listeners = list(p._listeners.values())
+            lns = list(p._listeners.values())
+        # Listeners, then packet sockets, as the Go SDK orders them.
+        if self.prep.what & wire.MOVE_LISTENERS:
+            self.listeners = [ln for ln in lns if ln.kind == wire.KIND_LISTENER]
+        if self.prep.what & wire.MOVE_PACKETS:
+            self.listeners += [ln for ln in lns if ln.kind == wire.KIND_PACKET]
         for ln in self.listeners:
             ln._freeze()
         conns: list[Tracked] = []
@@ -1018,7 +1104,7 @@ class _Export:
                     self.collect = True
         try:
             for ln in self.listeners:
-                self._add(wire.Entry(wire.KIND_LISTENER, ln.key), ln.fileno())
+                self._add(wire.Entry(ln.kind, ln.key), ln.fileno())
             i = 0
             while True:
                 if i >= len(conns):
