@@ -26,13 +26,14 @@ def fd_count() -> int:
 class FakeAgent:
     """A listening agent socket whose one session runs script(conn)."""
 
-    def __init__(self, welcome_flags: int = 0) -> None:
+    def __init__(self, welcome_flags: int = 0, version: int = 2) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="hofake-")
         self.path = os.path.join(self.dir.name, "agent.sock")
         self.ln = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.ln.bind(self.path)
         self.ln.listen(4)
         self.welcome_flags = welcome_flags
+        self.version = version
         self.got: list[wire.Msg] = []
         self.hello: Optional[wire.Hello] = None
         self.err: Optional[BaseException] = None
@@ -47,8 +48,9 @@ class FakeAgent:
                 c = wire.Conn(s)
                 m = c.recv()
                 self.hello = wire.Hello.unmarshal(m.body)
-                c.version = 2
-                c.send(wire.WELCOME, wire.Welcome(2, self.welcome_flags, os.getpid(), 1).marshal())
+                self.hello_header_version = m.version
+                c.version = min(self.version, 2)
+                c.send(wire.WELCOME, wire.Welcome(self.version, self.welcome_flags, os.getpid(), 1).marshal())
                 script(c)
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 self.err = e
@@ -314,6 +316,68 @@ class Source(unittest.TestCase):
         ln.close()
         p.close()
         self.assertEqual(fd_count(), srv_before, "descriptors leaked: " + " ".join(sorted(os.listdir("/proc/self/fd"))))
+
+
+class Versions(unittest.TestCase):
+    """Version negotiation (section 7)."""
+
+    def test_hello(self) -> None:
+        agent = FakeAgent()
+        agent.run(lambda c: None)
+        p = handoff.join(socket_path=agent.path, name="v", log=lambda s: None)
+        agent.finish()
+        self.assertEqual(agent.hello_header_version, 1, "Hello must carry header version 1")
+        assert agent.hello is not None
+        self.assertEqual((agent.hello.min_version, agent.hello.max_version, agent.hello.flags), (1, 2, wire.HELLO_ASK))
+        p.close()
+
+    def test_version_1_agent_ignores_welcome_standby(self) -> None:
+        agent = FakeAgent(welcome_flags=wire.WELCOME_STANDBY, version=1)
+        agent.run(lambda c: None)
+        p = handoff.join(socket_path=agent.path, name="v", standby_timeout=60, log=lambda s: None)
+        agent.finish()
+        self.assertFalse(p.inherited)
+        self.assertEqual(p._agent.version if p._agent else None, 1)
+        p.close()
+
+    def test_unknown_version_chosen(self) -> None:
+        agent = FakeAgent(version=3)
+        agent.run(lambda c: None)
+        logs: list[str] = []
+        p = handoff.join(socket_path=agent.path, name="v", log=logs.append)
+        agent.finish()
+        self.assertFalse(p.available)
+        self.assertIn("protocol version 3", logs[0])
+
+    def test_told_to_wait_then_nothing(self) -> None:
+        """WelcomeStandby and no Begin: after the standby timeout the process
+        joins again with neither flag and serves fresh sockets."""
+        agent = FakeAgent(welcome_flags=wire.WELCOME_STANDBY)
+        hellos: list[wire.Hello] = []
+
+        def script(c: wire.Conn) -> None:
+            s, _ = agent.ln.accept()
+            c2 = wire.Conn(s)
+            m = c2.recv()
+            hellos.append(wire.Hello.unmarshal(m.body))
+            c2.version = 2
+            c2.send(wire.WELCOME, wire.Welcome(2, 0, os.getpid(), 2).marshal())
+            c2.settimeout(10)
+            try:
+                c2.recv()  # until the process closes its session
+            except (wire.WireError, OSError):
+                pass
+            c2.close()
+
+        agent.run(script)
+        logs: list[str] = []
+        p = handoff.join(socket_path=agent.path, name="v", standby_timeout=0.2, log=logs.append)
+        self.assertEqual(p.session_id, 2)
+        self.assertFalse(p.inherited)
+        p.close()
+        agent.finish()
+        self.assertEqual(hellos[0].flags, 0, "the second Hello must carry neither flag")
+        self.assertTrue(any("no handoff arrived" in l for l in logs), logs)
 
 
 class NoAgent(unittest.TestCase):
