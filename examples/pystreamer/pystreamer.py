@@ -140,6 +140,7 @@ class _Dec:
         self.b, self.i = b, 0
 
     def uvarint(self, what: str) -> int:
+        """The next unsigned varint, which must be minimally encoded."""
         v = shift = 0
         start = self.i
         while True:
@@ -157,6 +158,7 @@ class _Dec:
         return v
 
     def bytes_(self, what: str, limit: int) -> bytes:
+        """The next length-prefixed field, at most limit bytes."""
         n = self.uvarint(what + " length")
         if n > limit:
             raise BadState(f"{what} length {n} exceeds {limit}")
@@ -236,6 +238,7 @@ class Conn:
     # Hooks, called from the SDK's thread.
 
     def freeze(self) -> bytes:
+        """The freeze hook: stop the connection between two events and return its state record."""
         self.srv.freezing = True  # the loop stops its pass at the next event
         with self.srv.lock:
             if self.finished:
@@ -247,6 +250,7 @@ class Conn:
             return encode_state(self.phase, self.req, self.name, self.next, self.pending, due)
 
     def resume(self) -> None:
+        """The resume hook: the migration was called off, serve on."""
         with self.srv.lock:
             self.frozen = False
             self.srv.thawed()
@@ -254,6 +258,7 @@ class Conn:
         self.srv.wake()
 
     def moved(self) -> None:
+        """The moved hook: the connection is the new process's; forget it without closing it."""
         with self.srv.lock:
             self.srv.thawed()
             self.finished = True
@@ -300,12 +305,14 @@ class Server:
             self.idle.notify_all()
 
     def wake(self) -> None:
+        """Interrupt the loop's select (from any thread)."""
         try:
             os.write(self.wake_w, b"x")
         except OSError:
             pass
 
     def set_events(self, c: Conn, ev: int) -> None:
+        """Watch c for ev (0: not at all), lock held."""
         if c.events == ev:
             return
         if c.events == 0:
@@ -335,6 +342,7 @@ class Server:
                 self.end(c)
 
     def start(self, sock: socket.socket, st: Optional[dict]) -> None:
+        """Track sock and serve it, from st if it was handed over (lock held)."""
         sock.setblocking(False)
         c = Conn(self, sock)
         if st is not None:
@@ -359,6 +367,7 @@ class Server:
             self.schedule(c)
 
     def end(self, c: Conn) -> None:
+        """The connection is done: untrack and close it (lock held)."""
         if c.finished:
             return
         c.finished = True
@@ -370,6 +379,7 @@ class Server:
         self.finished += 1
 
     def on_request_bytes(self, c: Conn) -> None:
+        """Look for the end of the request header and act on the request."""
         i = c.req.find(b"\r\n\r\n")
         if i >= 0:
             name, resp = parse_request(c.req[:i + 4])
@@ -388,6 +398,7 @@ class Server:
         self.schedule(c)
 
     def on_readable(self, c: Conn) -> None:
+        """Read more of the request."""
         try:
             b = c.sock.recv(MAX_REQUEST - len(c.req))
         except BlockingIOError:
@@ -402,6 +413,7 @@ class Server:
         self.on_request_bytes(c)
 
     def on_writable(self, c: Conn) -> None:
+        """Write what is pending, and the next chunk if it is due."""
         try:
             n = c.sock.send(c.pending)
         except BlockingIOError:
@@ -421,6 +433,7 @@ class Server:
         self.schedule(c)
 
     def produce(self, c: Conn) -> None:
+        """Generate the next chunk and move the due time one tick on (missed ticks are dropped)."""
         c.pending = fill(c.name, c.next, self.chunk)
         c.next += self.chunk
         now = time.time_ns()
@@ -429,6 +442,7 @@ class Server:
             c.due = now + self.tick_ns
 
     def run_timers(self) -> Optional[float]:
+        """Produce the chunks that fell due; return the seconds until the next one."""
         now = time.time_ns()
         while self.timers and self.timers[0][0] <= now and not self.freezing:
             due, _, c = heapq.heappop(self.timers)
@@ -439,6 +453,7 @@ class Server:
         return (self.timers[0][0] - now) / 1e9 if self.timers else None
 
     def update_listener(self) -> None:
+        """Watch the listener unless a migration has paused it."""
         want = not self.ln.paused
         if want and not self.ln_registered:
             self.sel.register(self.ln.sock, selectors.EVENT_READ, "listener")
@@ -448,6 +463,7 @@ class Server:
             self.ln_registered = False
 
     def accept_some(self) -> None:
+        """Accept the connections waiting, a few at a time."""
         for _ in range(64):
             try:
                 sock, _ = self.ln.accept()
@@ -462,6 +478,7 @@ class Server:
             self.start(sock, None)
 
     def serve(self) -> None:
+        """The loop: until stopped or the sockets moved away."""
         self.lock.acquire()
         try:
             while not self.stop and not self.p.done.is_set():
@@ -501,6 +518,7 @@ class Server:
 
 
 def main() -> int:
+    """Parse the flags, join, serve, and report how it ended."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--addr", default="127.0.0.1:8080", help="TCP listen address")
     ap.add_argument("--rate", type=int, default=16384, help="body bytes per second per connection")

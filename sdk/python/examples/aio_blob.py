@@ -61,6 +61,7 @@ async def handle(stream: hio.Stream, state: Optional[bytes]) -> None:
 
 
 async def main() -> int:
+    """Join, take or open the listener, serve until the sockets moved away or SIGTERM."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--addr", default="127.0.0.1:9000")
     ap.add_argument("--socket", default=None)

@@ -20,6 +20,7 @@ import handoff  # noqa: E402
 
 
 def main() -> int:
+    """Join, take or open the socket, echo until it moved away."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--addr", default="127.0.0.1:9001")
     ap.add_argument("--socket", default=None)
