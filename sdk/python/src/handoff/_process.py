@@ -8,6 +8,8 @@ The names follow the Go SDK (``sdk/``): :func:`join` is ``Join``,
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import queue
 import select
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 from . import wire
 from .errors import Aborted, HandoffError, Moved, NotSupported, Skip, StandbyTimeout
@@ -308,6 +310,18 @@ class Tracked:
         the application closes it."""
         with self._p._lock:
             self._p._tracked.pop(id(self), None)
+
+
+@contextlib.contextmanager
+def _gc_held() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, as it was after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _family(sock: socket.socket) -> str:
@@ -624,13 +638,15 @@ class Process:
         except wire.WireError as e:
             m.close_fds()
             raise inc.abort(wire.CODE_MALFORMED, str(e)) from None
+        fd, m.fds = m.fds[0], []
         try:
-            inc.pair = wire.Conn.from_fd(m.fds[0])
+            inc.pair = wire.Conn.from_fd(fd)
         except wire.WireError as e:
             raise inc.abort(wire.CODE_MALFORMED, str(e)) from None
         inc.deadline = time.monotonic() + inc.begin.timeout_ms / 1000
         try:
-            inc.receive()
+            with _gc_held():
+                inc.receive()
         finally:
             if self._agent is not None:
                 self._agent.settimeout(None)
@@ -651,7 +667,8 @@ class Process:
             inc = self._in
         if inc is None:
             return []
-        conns = inc.finish()
+        with _gc_held():
+            conns = inc.finish()
         self._start_control()
         return conns
 
@@ -681,7 +698,12 @@ class Process:
                 a.close()
                 return
             if m.type == wire.PREPARE:
-                self._on_prepare(m)
+                try:
+                    self._on_prepare(m)
+                except Exception as e:  # noqa: BLE001 - refuse rather than lose the control loop
+                    m.close_fds()
+                    self.logf(f"prepare {m.txid} failed: {e!r}")
+                    self._refuse(m.txid, wire.CODE_EXPORT, f"prepare: {e!r}")
             elif m.type == wire.ABORT:
                 m.close_fds()
                 try:
@@ -736,8 +758,9 @@ class Process:
             m.close_fds()
             self._refuse(m.txid, wire.CODE_MALFORMED, f"prepare with {n} descriptors: {err}")
             return
+        fd, m.fds = m.fds[0], []  # owned by the pair from here, or closed by from_fd
         try:
-            pair = wire.Conn.from_fd(m.fds[0])
+            pair = wire.Conn.from_fd(fd)
         except wire.WireError as e:
             self._refuse(m.txid, wire.CODE_MALFORMED, str(e))
             return
@@ -1083,6 +1106,16 @@ class _Export:
     # The transaction.
 
     def run(self) -> None:
+        """The source's transaction: freeze, export, then commit or resume.
+        Runs with the cyclic garbage collector off, as the Go SDK holds its
+        collector: a full collection during the pause would stretch it."""
+        with _gc_held():
+            try:
+                self._run()
+            except Exception as e:  # noqa: BLE001 - a bug or a hook's surprise must not leave connections frozen
+                self.abort(wire.Failure(wire.CODE_EXPORT, f"export: {e!r}"), True)
+
+    def _run(self) -> None:
         p = self.p
         freeze_start = wire.monotonic_ns()
         deadline = time.monotonic() + self.prep.timeout_ms / 1000
