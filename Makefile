@@ -35,8 +35,6 @@ help: ## Show this help.
 build: ## Build every binary into bin/ (nodeagent, handoffctl, streamer, handoff-load, handoff-demo, handoff-bench).
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/... ./examples/streamer
-	$(GO) build -o $(BIN)/handoff-demo ./hack/demo
-	$(GO) build -o $(BIN)/handoff-bench ./hack/bench
 
 ##@ Generate
 

@@ -288,10 +288,15 @@ func (s *session) String() string {
 }
 
 func (s *session) send(t wire.Type, txid uint64, body []byte, fds []int) error {
+	return s.sendFlags(t, 0, txid, body, fds)
+}
+
+// sendFlags is send with header flags.
+func (s *session) sendFlags(t wire.Type, flags uint16, txid uint64, body []byte, fds []int) error {
 	if t != wire.TypeWelcome && s.welcomed != nil {
 		<-s.welcomed // a Begin or Prepare must never overtake the Welcome
 	}
-	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, TxID: txid}, Body: body, FDs: fds})
+	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, Flags: flags, TxID: txid}, Body: body, FDs: fds})
 }
 
 func (s *session) sendError(code uint32, reason string) {

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/childproc"
-	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/test/support/childproc"
+	"github.com/handoff-dev/handoff/test/support/testapp"
 	"github.com/handoff-dev/handoff/wire"
 )
 

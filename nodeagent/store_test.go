@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/test/support/testapp"
 	"github.com/handoff-dev/handoff/wire"
 )
 
-// appProc is internal/testapp serving TCP in a child process, joined to
+// appProc is test/support/testapp serving TCP in a child process, joined to
 // the agent through the SDK.
 type appProc struct {
 	*child

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
 	"github.com/handoff-dev/handoff/wire"

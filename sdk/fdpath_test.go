@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent"
+	"github.com/handoff-dev/handoff/test/support/testapp"
 	"github.com/handoff-dev/handoff/wire"
 )
 

@@ -117,6 +117,7 @@ type Process struct {
 	tracked    trackList
 	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
 	export     *exportTx              // the outgoing migration in progress
+	exports    uint64                 // outgoing migrations started, for copyMark
 	moved      bool
 	closing    bool // Close was called: the application is leaving
 	readyDone  bool
@@ -200,6 +201,10 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	return p, nil
 }
 
+// maxVersion is the newest protocol version the SDK offers; tests lower
+// it to play an older peer.
+var maxVersion uint16 = wire.MaxVersion
+
 // hello opens the session with the agent: Hello with flags, then the
 // agent's Welcome. On success p.agent and p.sessionID are set.
 func (p *Process) hello(flags uint8) (wire.Welcome, error) {
@@ -209,7 +214,7 @@ func (p *Process) hello(flags uint8) (wire.Welcome, error) {
 	if err != nil {
 		return w, err
 	}
-	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
+	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: maxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
 	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {
 		c.Close()
 		return w, fmt.Errorf("say hello to agent %s: %w", sock, err)

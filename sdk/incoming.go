@@ -26,8 +26,22 @@ type incoming struct {
 	err       error
 	errCode   uint32         // wire code for err
 	bi        wire.BatchInfo // reused for every batch
+	si        wire.SealInfo  // reused for every seal
+
+	// precopy is set by BeginCopy: copies arrive first, held in copies
+	// (by copy index) untouched until a Seal's verdict moves each into
+	// conns, listeners or packets, or closes it. The adopter's alone
+	// until End.
+	precopy bool
+	copies  []heldCopy
+	got     wire.Tally // what arrived, the adopter's until End
 
 	releaseGC func() // ends the collector's hold taken at Begin
+
+	// wake interrupts the receive loop's wait for the agent, so that a
+	// failure in the adopter aborts at once rather than at the next
+	// message. Set before the adopter starts.
+	wake func()
 
 	res *reserve // memory prepared in standby, or nil
 
@@ -41,6 +55,35 @@ type incoming struct {
 	// ended is set once End arrived: the agent sends nothing more on
 	// the session for this transaction.
 	ended bool
+}
+
+// heldCopy is a pre-copied socket the target holds without touching it
+// until its verdict: exactly one of conn, ln and pc is set.
+type heldCopy struct {
+	key  string
+	conn *sockConn
+	ln   net.Listener
+	pc   net.PacketConn
+}
+
+// close drops the copy: the source keeps the socket.
+func (h *heldCopy) close() {
+	switch {
+	case h.conn != nil:
+		if fd, ok := h.conn.release(); ok {
+			wire.CloseAll([]int{fd})
+		} else {
+			h.conn.Close()
+		}
+	case h.ln != nil:
+		if ul, ok := h.ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+		}
+		h.ln.Close()
+	case h.pc != nil:
+		h.pc.Close()
+	}
+	*h = heldCopy{}
 }
 
 // abortDrainBound bounds how long a target that called a handoff off
@@ -94,6 +137,10 @@ func (in *incoming) closeAll() {
 	}
 	wire.CloseAll(fds) // in arrival order: mostly consecutive numbers
 	in.conns = nil
+	for i := range in.copies {
+		in.copies[i].close()
+	}
+	in.copies = nil
 	for _, f := range in.onAbort {
 		f()
 	}
@@ -132,7 +179,8 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 		m.CloseFDs()
 		return nil, fmt.Errorf("%w: expected begin with one descriptor, got %v with %d", ErrAborted, m.Type, len(m.FDs))
 	}
-	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{}}
+	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{},
+		precopy: m.Flags&wire.BeginCopy != 0 && c.Version() >= 3}
 	// The reserve serves one handoff: a later one (after an abort) gets
 	// fresh memory.
 	in.res, p.res = p.res, nil
@@ -163,7 +211,7 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	// overlaps adopting this one when a second core is free: the target
 	// is the last stage of the transfer, and what it does after the last
 	// batch arrives is all pause.
-	var got wire.Summary // the adopter's until it has stopped
+	in.wake = func() { c.SetReadDeadline(time.Unix(1, 0)) }
 	jobs := make(chan wire.Msg, 8)
 	adopted := make(chan struct{})
 	go func() {
@@ -173,25 +221,29 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 				m.CloseFDs()
 				continue
 			}
+			if m.Type == wire.TypeSeal {
+				in.applySeal(m)
+				continue
+			}
 			bi := &in.bi
-			if err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs)); err != nil {
+			err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs))
+			if err == nil && bi.Copy && !in.precopy {
+				err = fmt.Errorf("%w: a copy batch in a transfer that is no pre-copy", wire.ErrMalformed)
+			}
+			if err == nil {
+				err = in.got.Batch(bi)
+			}
+			if err != nil {
 				m.CloseFDs()
 				in.fail(wire.CodeMalformed, err)
 				continue
 			}
-			for _, e := range bi.Entries {
-				switch e.Kind {
-				case wire.KindListener:
-					got.Listeners++
-				case wire.KindConn:
-					got.Conns++
-				case wire.KindPacket:
-					got.Packets++
-				}
-			}
-			got.Batches++
 			step("batch")
-			in.adopt(*bi, m.FDs)
+			if bi.Copy {
+				in.holdCopies(*bi, m.FDs)
+			} else {
+				in.adopt(*bi, m.FDs)
+			}
 			step("adopted")
 		}
 	}()
@@ -214,6 +266,11 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	for {
 		m, err := c.RecvWith(bodyAlloc)
 		if err != nil {
+			if code, ferr := in.failure(); code != 0 {
+				// The adopter failed and woke this wait.
+				c.SetReadDeadline(in.deadline)
+				return nil, abort(code, ferr)
+			}
 			if ctx.Err() != nil {
 				return nil, abort(wire.CodeCancelled, ctx.Err())
 			}
@@ -224,7 +281,11 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 			return nil, abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
 		}
 		switch m.Type {
-		case wire.TypeBatch:
+		case wire.TypeBatch, wire.TypeSeal:
+			if m.Type == wire.TypeSeal && !in.precopy {
+				m.CloseFDs()
+				return nil, abort(wire.CodeUnexpected, fmt.Errorf("seal in a transfer that is no pre-copy"))
+			}
 			if code, err := in.failure(); code != 0 {
 				m.CloseFDs()
 				return nil, abort(code, err)
@@ -242,9 +303,8 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 				return nil, abort(code, err)
 			}
 			step("end")
-			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
-				return nil, abort(wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
-					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
+			if err := in.got.Check(sum); err != nil {
+				return nil, abort(wire.CodeMalformed, fmt.Errorf("end: %w", err))
 			}
 			return in, nil
 		case wire.TypeAbort:
@@ -320,10 +380,14 @@ func (in *incoming) endGCHold() {
 // fail records the first thing that went wrong while adopting.
 func (in *incoming) fail(code uint32, err error) {
 	in.mu.Lock()
-	if in.errCode == 0 {
+	first := in.errCode == 0
+	if first {
 		in.errCode, in.err = code, err
 	}
 	in.mu.Unlock()
+	if first && in.wake != nil {
+		in.wake()
+	}
 }
 
 // failure is what fail recorded: code 0 if nothing.
@@ -394,6 +458,87 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	if firstErr != nil {
 		fail(firstErr)
 	}
+}
+
+// holdCopies takes one copy batch's descriptors, to hold untouched until
+// their verdicts. Adopting them now costs the pause nothing: listeners
+// and packet sockets become net objects, connections sockConns (which
+// make no system call until used).
+func (in *incoming) holdCopies(bi wire.BatchInfo, fds []int) {
+	defer wire.CloseAll(fds)
+	slab := in.res.takeSlab(len(bi.Entries))
+	var firstErr error
+	for i, e := range bi.Entries {
+		h := heldCopy{key: e.Key}
+		var err error
+		switch e.Kind {
+		case wire.KindConn:
+			h.conn = &slab[i]
+			h.conn.init(fds[i], e.Key)
+			fds[i] = -1 // owned by the connection now
+		case wire.KindListener:
+			f := os.NewFile(uintptr(fds[i]), "handoff-socket")
+			h.ln, err = net.FileListener(f)
+			f.Close()
+			fds[i] = -1
+		case wire.KindPacket:
+			f := os.NewFile(uintptr(fds[i]), "handoff-socket")
+			h.pc, err = net.FilePacketConn(f)
+			f.Close()
+			fds[i] = -1
+		}
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("adopt copy %d (kind %d): %w", len(in.copies), e.Kind, err)
+		}
+		in.copies = append(in.copies, h) // an empty one if it failed
+	}
+	if firstErr != nil {
+		in.fail(wire.CodeImport, firstErr)
+	}
+}
+
+// applySeal carries out one Seal's verdicts: a kept copy joins what
+// Ready hands out, with its state; a dropped one is closed.
+func (in *incoming) applySeal(m wire.Msg) {
+	defer m.CloseFDs()
+	si := &in.si
+	err := wire.DecodeSealInto(si, m.Body, len(m.FDs))
+	if err == nil {
+		err = in.got.Seal(si) // checks every index, once each
+	}
+	if err != nil {
+		in.fail(wire.CodeMalformed, err)
+		return
+	}
+	step("seal")
+	if si.Memfd {
+		all, err := wire.ReadStateMemfd(m.FDs[0], si.StateSum)
+		if err != nil {
+			in.fail(wire.CodeImport, err)
+			return
+		}
+		wire.SplitSealStates(si, all)
+	}
+	in.mu.Lock()
+	conns := growImported(in.conns, len(si.Entries))
+	for _, e := range si.Entries {
+		h := &in.copies[e.Index]
+		if e.Verdict == wire.SealDrop {
+			h.close()
+			continue
+		}
+		switch {
+		case h.conn != nil:
+			conns = append(conns, Imported{Conn: h.conn, State: e.State})
+		case h.ln != nil:
+			in.listeners[h.key] = h.ln
+		case h.pc != nil:
+			in.packets[h.key] = h.pc
+		}
+		*h = heldCopy{}
+	}
+	in.conns = conns
+	in.mu.Unlock()
 }
 
 // finish is Ready for a process that received a handoff: tell the source

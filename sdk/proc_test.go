@@ -21,10 +21,10 @@ import (
 	"github.com/go-logr/logr/testr"
 
 	"github.com/handoff-dev/handoff/examples/streamer/server"
-	"github.com/handoff-dev/handoff/internal/childproc"
-	"github.com/handoff-dev/handoff/internal/testapp"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/test/support/childproc"
+	"github.com/handoff-dev/handoff/test/support/testapp"
 )
 
 // Child processes are this test binary re-executed with HANDOFF_TEST_CHILD

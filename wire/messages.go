@@ -59,6 +59,20 @@ const (
 	// BatchMemfd: the last descriptor is a sealed memfd holding the state
 	// records of all entries, concatenated in entry order.
 	BatchMemfd uint16 = 1
+	// BatchCopy (version 3, pre-copy): the entries are copies the source
+	// sent while it still serves; they carry no state, and a Seal later
+	// says which of them move and with what state. Never with BatchMemfd.
+	BatchCopy uint16 = 2
+)
+
+// Header flags of Prepare and Begin.
+const (
+	// PrepareCopy (version 3): pre-copy. The source sends every
+	// descriptor it will move in copy batches while it serves, then
+	// freezes and sends the states in Seal messages.
+	PrepareCopy uint16 = 1
+	// BeginCopy (version 3): the transfer that follows is a pre-copy.
+	BeginCopy uint16 = 1
 )
 
 // Limits of batch contents.
@@ -340,11 +354,22 @@ type Summary struct {
 	StateBytes                uint64
 	FreezeStartNS             uint64 // CLOCK_MONOTONIC when the source stopped serving
 	ExportDoneNS              uint64 // CLOCK_MONOTONIC when the last batch was sent
+	// Copies and Seals (version 3, pre-copy only): the entries of copy
+	// batches, and the Seal messages. With both 0 the body is the 40
+	// bytes of versions 1 and 2.
+	Copies, Seals uint32
 }
+
+// summaryLen and summaryCopyLen are the Summary body sizes without and
+// with the pre-copy counts.
+const (
+	summaryLen     = 40
+	summaryCopyLen = 48
+)
 
 // Marshal encodes s.
 func (s Summary) Marshal() []byte {
-	e := enc{make([]byte, 0, 40)}
+	e := enc{make([]byte, 0, summaryCopyLen)}
 	e.u32(s.Listeners)
 	e.u32(s.Conns)
 	e.u32(s.Packets)
@@ -352,6 +377,10 @@ func (s Summary) Marshal() []byte {
 	e.u64(s.StateBytes)
 	e.u64(s.FreezeStartNS)
 	e.u64(s.ExportDoneNS)
+	if s.Copies != 0 || s.Seals != 0 {
+		e.u32(s.Copies)
+		e.u32(s.Seals)
+	}
 	return e.b
 }
 
@@ -360,6 +389,10 @@ func (s *Summary) Unmarshal(b []byte) error {
 	d := dec{b: b}
 	s.Listeners, s.Conns, s.Packets, s.Batches = d.u32(), d.u32(), d.u32(), d.u32()
 	s.StateBytes, s.FreezeStartNS, s.ExportDoneNS = d.u64(), d.u64(), d.u64()
+	s.Copies, s.Seals = 0, 0
+	if len(b) == summaryCopyLen {
+		s.Copies, s.Seals = d.u32(), d.u32()
+	}
 	return d.done("summary")
 }
 
@@ -396,6 +429,28 @@ type Entry struct {
 type Batch struct {
 	Entries []Entry
 	Memfd   bool
+}
+
+// AppendCopyBatch encodes entries (their states are ignored) as a copy
+// batch (BatchCopy): the body and its flags, which the header repeats.
+func AppendCopyBatch(dst []byte, entries []Entry) (body []byte, flags uint16) {
+	size := 8
+	for i := range entries {
+		size += entryFixed + len(entries[i].Key)
+	}
+	e := enc{slices.Grow(dst, size)}
+	e.u16(uint16(len(entries)))
+	e.u16(BatchCopy)
+	e.u32(0)
+	for i := range entries {
+		en := &entries[i]
+		e.u8(en.Kind)
+		e.u8(0)
+		e.u16(uint16(len(en.Key)))
+		e.u32(0)
+		e.b = append(e.b, en.Key...)
+	}
+	return e.b, BatchCopy
 }
 
 const entryFixed = 8 // kind, reserved, key length, state length
@@ -456,6 +511,7 @@ type BatchInfo struct {
 	Entries   []Entry // State is filled for inline batches
 	StateLens []uint32
 	Memfd     bool
+	Copy      bool // BatchCopy: pre-copied entries, without states
 	StateSum  uint64
 }
 
@@ -480,7 +536,8 @@ func DecodeBatchInto(bi *BatchInfo, body []byte, nfds int) error {
 		return fmt.Errorf("decode batch: %w", d.err)
 	}
 	bi.Memfd = flags&BatchMemfd != 0
-	if flags&^BatchMemfd != 0 {
+	bi.Copy = flags&BatchCopy != 0
+	if flags&^(BatchMemfd|BatchCopy) != 0 || (bi.Memfd && bi.Copy) {
 		return fmt.Errorf("decode batch: %w: unknown flags %#x", ErrMalformed, flags)
 	}
 	want := count
@@ -512,6 +569,9 @@ func DecodeBatchInto(bi *BatchInfo, body []byte, nfds int) error {
 		}
 		if slen > MaxState {
 			return fmt.Errorf("decode batch: %w: entry %d state of %d bytes, limit %d", ErrTooLarge, i, slen, MaxState)
+		}
+		if bi.Copy && slen != 0 {
+			return fmt.Errorf("decode batch: %w: copy entry %d carries a state of %d bytes", ErrMalformed, i, slen)
 		}
 		bi.Entries[i].Kind = kind
 		bi.Entries[i].Key = key(d.take(klen))

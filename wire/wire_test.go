@@ -81,11 +81,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"31 bytes", valid()[:HeaderLen-1], 0, ErrShort, "31 bytes"},
 		{"bad magic", func() []byte { b := valid(); b[0] = 'X'; return b }(), 0, ErrMagic, `"XOFF"`},
 		{"lower-case magic", func() []byte { b := valid(); copy(b, "hoff"); return b }(), 0, ErrMagic, ""},
-		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..2)"},
-		{"version 3", func() []byte { b := valid(); b[4] = 3; return b }(), 0, ErrVersion, "3"},
+		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..3)"},
+		{"version 4", func() []byte { b := valid(); b[4] = 4; return b }(), 0, ErrVersion, "4"},
 		{"version 255", func() []byte { b := valid(); b[4] = 255; return b }(), 0, ErrVersion, "255"},
 		{"type 0", func() []byte { b := valid(); b[5] = 0; return b }(), 0, ErrType, ": 0"},
-		{"type 14", func() []byte { b := valid(); b[5] = 14; return b }(), 0, ErrType, ": 14"},
+		{"type 15", func() []byte { b := valid(); b[5] = 15; return b }(), 0, ErrType, ": 15"},
 		{"type 23", func() []byte { b := valid(); b[5] = 23; return b }(), 0, ErrType, ": 23"},
 		{"type 255", func() []byte { b := valid(); b[5] = 255; return b }(), 0, ErrType, ": 255"},
 		{"body longer than announced", append(valid(), 'd'), 0, ErrBodyLen, "header says 3, datagram carries 4"},
@@ -132,8 +132,8 @@ func TestTypes(t *testing.T) {
 			t.Errorf("unknown type %d prints %q", i, typ.String())
 		}
 	}
-	if known != 16 {
-		t.Fatalf("%d known types, want 16", known)
+	if known != 17 {
+		t.Fatalf("%d known types, want 17", known)
 	}
 	// Values are on the wire: they must never change.
 	stable := map[Type]uint8{TypeHello: 1, TypeWelcome: 2, TypeError: 3, TypePrepare: 4, TypeBatch: 5, TypeExported: 6, TypeBegin: 7,
@@ -175,12 +175,13 @@ func TestNegotiate(t *testing.T) {
 		ok       bool
 	}{
 		{1, 1, 1, true},
-		{1, 9, 2, true},
+		{1, 9, 3, true},
 		{0, 1, 1, true},
-		{0, 65535, 2, true},
+		{0, 65535, 3, true},
 		{1, 2, 2, true},
-		{2, 3, 2, true},
-		{3, 4, 0, false},
+		{2, 3, 3, true},
+		{3, 4, 3, true},
+		{4, 5, 0, false},
 		{0, 0, 0, false},
 		{1, 0, 0, false}, // min above max
 		{65535, 65535, 0, false},

@@ -20,8 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 	"github.com/handoff-dev/handoff/internal/fdlimit"
-	"github.com/handoff-dev/handoff/internal/loadclient"
 )
 
 func main() {

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/examples/streamer/server"
-	"github.com/handoff-dev/handoff/internal/fdlimit"
 )
 
 func main() {
@@ -56,7 +55,7 @@ func main() {
 
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	cfg.Logf = logger.Printf
-	if soft, hard, err := fdlimit.Raise(); err != nil {
+	if soft, hard, err := raiseFDLimit(); err != nil {
 		logger.Printf("streamer: %v", err)
 	} else {
 		logger.Printf("streamer: open file limit %d (hard %d)", soft, hard)
@@ -106,4 +105,23 @@ func main() {
 		fmt.Println("streamer: lingering until stopped")
 		<-ctx.Done()
 	}
+}
+
+// raiseFDLimit sets the soft RLIMIT_NOFILE to the hard limit (a server
+// holding thousands of connections needs it; newer Go runtimes already do
+// this at start) and returns the resulting limits.
+func raiseFDLimit() (soft, hard uint64, err error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, 0, fmt.Errorf("get RLIMIT_NOFILE: %w", err)
+	}
+	if lim.Cur < lim.Max {
+		want := lim
+		want.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			return lim.Cur, lim.Max, fmt.Errorf("raise RLIMIT_NOFILE soft limit from %d to %d: %w", lim.Cur, lim.Max, err)
+		}
+		lim.Cur = lim.Max
+	}
+	return lim.Cur, lim.Max, nil
 }

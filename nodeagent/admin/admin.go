@@ -75,6 +75,15 @@ type Result struct {
 	Packets     int    `json:"packets"`
 	Batches     int    `json:"batches"`
 	StateBytes  uint64 `json:"stateBytes"`
+	// Copies is how many descriptors the source sent ahead, while it
+	// still served (a pre-copy, protocol version 3); 0 without one.
+	Copies int `json:"copies,omitempty"`
+	// Dropped is how many of the copies did not move: the source closed,
+	// untracked or skipped them during the pre-copy.
+	Dropped int `json:"dropped,omitempty"`
+	// PrecopyNS runs from Prepare to the source stopping: the pre-copy,
+	// outside the pause. 0 without one.
+	PrecopyNS int64 `json:"precopyNs,omitempty"`
 	// PauseNS runs from the source stopping to the target serving.
 	PauseNS int64 `json:"pauseNs"`
 	// DurationNS runs from the request to the outcome.

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/harness"
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
+	"github.com/handoff-dev/handoff/test/support/harness"
 )
 
 var bin string

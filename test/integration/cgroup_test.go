@@ -53,11 +53,7 @@ func needCgroups(t *testing.T) string {
 // returns the directory and the container id (64 hex).
 func containerCgroup(t *testing.T, mnt, podUID string) (string, string) {
 	t.Helper()
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	id := hex.EncodeToString(b)
+	id := randomContainerID(t)
 	podSlice := fmt.Sprintf("kubepods-besteffort-pod%s.slice", strings.ReplaceAll(podUID, "-", "_"))
 	rel := filepath.Join("kubepods.slice", "kubepods-besteffort.slice", podSlice, "cri-containerd-"+id+".scope")
 	dir := filepath.Join(mnt, "handoff-itest", rel)
@@ -79,4 +75,14 @@ func containerCgroup(t *testing.T, mnt, podUID string) (string, string) {
 		}
 	})
 	return dir, id
+}
+
+// randomContainerID returns a containerd container id: 64 hex digits.
+func randomContainerID(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }

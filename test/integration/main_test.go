@@ -3,6 +3,10 @@
 // module proxy by hack/envtest-bins.sh): the controller and two node agents
 // run in this process, and the "containers" are real streamer processes
 // placed in real kubelet-shaped cgroups, serving real verifying clients.
+//
+// Only the stories that run such processes need root (to create the
+// cgroups) and say so when they skip; the controller-only stories
+// (validation, deadlines, nodes and agents gone) need just the API server.
 package integration
 
 import (
@@ -157,11 +161,12 @@ var (
 )
 
 // startCluster starts, once for the whole run, the controller and agents
-// for node-a and node-b; node-c exists but has no agent.
+// for node-a and node-b; node-c exists but has no agent. It needs no root:
+// the agents listen in a temporary directory, and only the processes a
+// story starts in them need cgroups (createPodInCgroup).
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	needAPIServer(t)
-	needCgroups(t)
 	clusterOnce.Do(func() { theCluster, clusterErr = newCluster(t) })
 	if clusterErr != nil {
 		t.Fatal(clusterErr)
@@ -281,29 +286,56 @@ type proc struct {
 	done  chan error
 }
 
-// pod creates a Running pod on node with one container named "app", and
-// a cgroup for that container; it returns the pod and the cgroup dir.
-func createPod(t *testing.T, ns, name, node string, hostNetwork bool) (*corev1.Pod, string) {
+// createPod creates a Running pod on node with one container named "app"
+// whose container ID names no cgroup: enough for the controller, which
+// reads only the pod objects, and for an agent that is never asked to find
+// the container's process.
+func createPod(t *testing.T, ns, name, node string, hostNetwork bool) *corev1.Pod {
 	t.Helper()
-	ctx := context.Background()
+	pod := newPod(t, ns, name, node, hostNetwork)
+	setRunning(t, pod, randomContainerID(t))
+	return pod
+}
+
+// createPodInCgroup is createPod with a real cgroup for the container, as
+// kubelet would create it, so that a process started in it (startStreamer)
+// is the pod's to the node agent; it needs root, and skips saying so
+// without. It returns the pod and the cgroup dir.
+func createPodInCgroup(t *testing.T, ns, name, node string, hostNetwork bool) (*corev1.Pod, string) {
+	t.Helper()
+	mnt := needCgroups(t)
+	pod := newPod(t, ns, name, node, hostNetwork)
+	dir, id := containerCgroup(t, mnt, string(pod.UID))
+	setRunning(t, pod, id)
+	return pod, dir
+}
+
+// newPod creates the pod object, without a status.
+func newPod(t *testing.T, ns, name, node string, hostNetwork bool) *corev1.Pod {
+	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: corev1.PodSpec{NodeName: node, HostNetwork: hostNetwork,
 			Containers: []corev1.Container{{Name: "app", Image: "handoff/streamer:v1"}}},
 	}
-	if err := k8s.Create(ctx, pod); err != nil {
+	if err := k8s.Create(context.Background(), pod); err != nil {
 		t.Fatalf("create pod %s: %v", name, err)
 	}
-	dir, id := containerCgroup(t, needCgroups(t), string(pod.UID))
+	return pod
+}
+
+// setRunning gives pod the status kubelet reports for a running, ready
+// container "app" with containerd container id (64 hex).
+func setRunning(t *testing.T, pod *corev1.Pod, id string) {
+	t.Helper()
 	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{{
 		Name: "app", Ready: true, Image: "handoff/streamer:v1", ImageID: "sha256:" + strings.Repeat("0", 64),
 		ContainerID: "containerd://" + id,
 		State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
 	}}}
-	if err := k8s.Status().Update(ctx, pod); err != nil {
-		t.Fatalf("set status of pod %s: %v", name, err)
+	if err := k8s.Status().Update(context.Background(), pod); err != nil {
+		t.Fatalf("set status of pod %s: %v", pod.Name, err)
 	}
-	return pod, dir
 }
 
 // startStreamer starts a streamer child inside cgroup dir, joined to the

@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/handoff-dev/handoff/api/v1alpha1"
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 )
 
 // streamerPair creates hostNetwork pods "old" and "new" on na's node, an
@@ -23,8 +23,8 @@ import (
 // joined to na.
 func streamerPair(t *testing.T, na *nodeAgent, ns string) (addr string, src, dst *proc) {
 	t.Helper()
-	_, srcCg := createPod(t, ns, "old", na.node, true)
-	_, dstCg := createPod(t, ns, "new", na.node, true)
+	_, srcCg := createPodInCgroup(t, ns, "old", na.node, true)
+	_, dstCg := createPodInCgroup(t, ns, "new", na.node, true)
 	addr = freeAddr(t)
 	src = startStreamer(t, srcCg, na.socket, addr, false)
 	dst = startStreamer(t, dstCg, na.socket, addr, true)
@@ -459,7 +459,7 @@ func TestInPlaceImageUpdate(t *testing.T) {
 	c := startCluster(t)
 	ns := namespace(t)
 	agent := c.agents["node-a"]
-	pod, cg := createPod(t, ns, "solo", "node-a", false)
+	pod, cg := createPodInCgroup(t, ns, "solo", "node-a", false)
 	oldID := pod.Status.ContainerStatuses[0].ContainerID
 	addr := freeAddr(t)
 	src := startStreamer(t, cg, agent.socket, addr, false)

@@ -25,12 +25,12 @@ import (
 
 	"github.com/go-logr/logr/testr"
 
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 	"github.com/handoff-dev/handoff/internal/fdlimit"
-	"github.com/handoff-dev/handoff/internal/harness"
-	"github.com/handoff-dev/handoff/internal/loadclient"
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
 	"github.com/handoff-dev/handoff/nodeagent/podid"
+	"github.com/handoff-dev/handoff/test/support/harness"
 )
 
 // bound is how long any wait may take before it counts as a hang.

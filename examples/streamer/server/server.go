@@ -2,7 +2,7 @@
 // "radio" server whose connections survive a handoff to a new process.
 //
 // GET /streams/NAME answers 200 with no length and then streams the body of
-// stream NAME (see internal/stream) forever, paced per connection. Any
+// stream NAME (see examples/streamer/stream) forever, paced per connection. Any
 // other path gets 404, a method other than GET 405, a malformed request
 // 400; each of those is followed by a close. Requests are parsed by hand on
 // the raw net.Conn, not with net/http, so that a connection can be frozen

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/stream"
+	"github.com/handoff-dev/handoff/examples/streamer/stream"
 	handoff "github.com/handoff-dev/handoff/sdk"
 )
 

@@ -50,7 +50,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 
 	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 )
 
 const (

@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	handoffv1 "github.com/handoff-dev/handoff/api/v1alpha1"
-	"github.com/handoff-dev/handoff/internal/loadclient"
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 	"github.com/handoff-dev/handoff/internal/workload"
 )
 

@@ -18,10 +18,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/handoff-dev/handoff/examples/streamer/loadclient"
 	"github.com/handoff-dev/handoff/internal/fdlimit"
-	"github.com/handoff-dev/handoff/internal/harness"
-	"github.com/handoff-dev/handoff/internal/loadclient"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/test/support/harness"
 )
 
 type row struct {

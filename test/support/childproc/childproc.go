@@ -25,6 +25,7 @@ type LogWriter struct {
 	Prefix string
 }
 
+// Write logs each line of b; it never fails.
 func (w *LogWriter) Write(b []byte) (int, error) {
 	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
 		w.T.Logf("[%s] %s", w.Prefix, l)

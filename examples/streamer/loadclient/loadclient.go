@@ -1,7 +1,7 @@
 // Package loadclient is a verifying load client for the example streaming
 // server (examples/streamer): it holds many long-lived streams and opens
 // short connections at a steady rate, checks every byte it receives
-// against the stream oracle (internal/stream), and counts everything a
+// against the stream oracle (examples/streamer/stream), and counts everything a
 // migration must not cause: resets, closed streams, lost or duplicated
 // bytes, failed short connections, and long stalls.
 //
@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/stream"
+	"github.com/handoff-dev/handoff/examples/streamer/stream"
 )
 
 // ResponseHeader is the exact header the server sends before a stream body.

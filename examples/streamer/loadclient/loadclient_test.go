@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/examples/streamer/server"
-	"github.com/handoff-dev/handoff/internal/stream"
+	"github.com/handoff-dev/handoff/examples/streamer/stream"
 )
 
 // startStreamer runs the example server in-process on 127.0.0.1:0.
