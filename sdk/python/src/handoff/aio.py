@@ -56,7 +56,7 @@ import threading
 from typing import Awaitable, Callable, Optional
 
 from . import _process
-from .errors import HandoffError, Moved
+from .errors import HandoffError, Moved, Skip
 
 Handler = Callable[["Stream", Optional[bytes]], Awaitable[None]]
 
@@ -146,6 +146,8 @@ class Stream:
         self._writing = False
         self.state: Optional[Callable[[], bytes]] = None
         """Returns the application's state record at a freeze (on the loop)."""
+        self._group = _Group.of(p, self._loop)
+        self._group.streams.add(self)
         self.tracked = p.track(sock, freeze=self._freeze, resume=self._resume, moved=self._moved_hook)
         if self._wbuf:
             self._want_write()
@@ -279,36 +281,42 @@ class Stream:
         self._closed = True
         self._stop_reading()
         self._stop_writing()
+        self._group.streams.discard(self)
         self.tracked.untrack()
         self.sock.close()
 
-    # Hooks, called from the SDK's thread; each runs on the loop.
+    # Hooks, called from the SDK's thread. A freeze runs on the loop, for
+    # every stream of the loop at once (see _Group); resume and moved are
+    # handed to the loop.
+
+    def _freeze_now(self) -> list[bytes]:
+        """Freeze on the loop's thread and return the state record's buffers."""
+        self._frozen = True
+        self._stop_reading()
+        self._stop_writing()
+        app = self.state() if self.state is not None else b""
+        # The application's state goes as it is, not copied into the
+        # envelope: a large one then costs no copy in this process.
+        unread, unsent = bytes(self._rbuf), bytes(self._wbuf)
+        head = _ENVELOPE + struct.pack("<III", len(app), len(unread), len(unsent))
+        return [head, app, unread, unsent]
+
+    def _resume_now(self) -> None:
+        self._frozen = False
+        if self._rwait is not None:
+            self._want_read()
+        self._want_write()
 
     def _freeze(self) -> list[bytes]:
-        def on_loop() -> list[bytes]:
-            if self._closed:
-                from .errors import Skip
-                raise Skip()
-            self._frozen = True
-            self._stop_reading()
-            self._stop_writing()
-            app = self.state() if self.state is not None else b""
-            # The application's state goes as it is, not copied into the
-            # envelope: a large one then costs no copy in this process.
-            unread, unsent = bytes(self._rbuf), bytes(self._wbuf)
-            head = _ENVELOPE + struct.pack("<III", len(app), len(unread), len(unsent))
-            return [head, app, unread, unsent]
-        return _on_loop(self._loop, on_loop)  # type: ignore[return-value]
+        return self._group.freeze(self)
 
     def _resume(self) -> None:
-        def on_loop() -> None:
-            self._frozen = False
-            if self._rwait is not None:
-                self._want_read()
-            self._want_write()
-        self._loop.call_soon_threadsafe(on_loop)
+        self._group.settle()
+        self._loop.call_soon_threadsafe(self._resume_now)
 
     def _moved_hook(self) -> None:
+        self._group.settle()
+
         def on_loop() -> None:
             self._moved = True
             self._wake_reader()
@@ -316,6 +324,58 @@ class Stream:
             if w is not None and not w.done():
                 w.set_result(None)
         _on_loop(self._loop, on_loop)
+
+
+class _Group:
+    """The streams of one process on one loop. The first freeze hook of a
+    migration freezes all of them in one call on the loop and keeps their
+    states; the hooks of the others then return at once. A round trip to
+    the loop per connection cost about 200 microseconds each, 200 ms of
+    pause for 1000 connections; one for all costs one. A stream frozen in
+    bulk whose hook was never called (the migration was decided first) is
+    resumed at the decision."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.streams: set[Stream] = set()  # touched on the loop only
+        self.lock = threading.Lock()
+        self.cache: dict[Stream, list[bytes]] = {}
+
+    @staticmethod
+    def of(p: _process.Process, loop: asyncio.AbstractEventLoop) -> "_Group":
+        groups: dict[asyncio.AbstractEventLoop, _Group] = p.__dict__.setdefault("_aio_groups", {})
+        g = groups.get(loop)
+        if g is None:
+            g = groups[loop] = _Group(loop)
+        return g
+
+    def freeze(self, s: Stream) -> list[bytes]:
+        with self.lock:
+            st = self.cache.pop(s, None)
+        if st is not None:
+            return st
+
+        def on_loop() -> dict[Stream, list[bytes]]:
+            out = {}
+            for x in list(self.streams):
+                if not x._frozen and not x._closed and not x._moved:
+                    out[x] = x._freeze_now()
+            return out
+        states: dict[Stream, list[bytes]] = _on_loop(self.loop, on_loop)  # type: ignore[assignment]
+        with self.lock:
+            mine = states.pop(s, None)
+            self.cache.update(states)
+        if mine is None:
+            raise Skip()  # closed, or frozen by an earlier call
+        return mine
+
+    def settle(self) -> None:
+        """Resume the streams frozen in bulk whose hooks were not called."""
+        with self.lock:
+            left = list(self.cache)
+            self.cache.clear()
+        for x in left:
+            self.loop.call_soon_threadsafe(x._resume_now)
 
 
 class Server:
