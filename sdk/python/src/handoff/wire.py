@@ -485,9 +485,12 @@ class Summary:
 
     @classmethod
     def unmarshal(cls, b: bytes) -> "Summary":
-        """Decode the body."""
+        """Decode the body: 40 bytes, or the 48 of a version-3 pre-copy
+        (whose copies and seals counts this side, of version 2, ignores)."""
         d = _Dec(b)
         v = cls(*d.unpack("IIIIQQQ"))
+        if len(b) == 48:
+            d.unpack("II")
         d.done("summary")
         return v
 
