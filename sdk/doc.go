@@ -67,6 +67,12 @@
 // itself must call CloseRead and CloseWrite (shutdown) first. Untrack
 // keeps a connection in this process and open.
 //
+// When the agent restarts (a crash, an upgrade), the process keeps
+// serving exactly as before and joins the new agent on its own, with a
+// jittered backoff from 100 ms up to 5 s between attempts; a migration
+// running at that moment is called off first, as for any lost agent. It
+// is migratable again once it has joined (SessionID changes).
+//
 // A process stopped during a migration (SIGTERM from kubelet) may Close its
 // Process and exit: before everything was exported the migration is called
 // off; after, the new process (or the agent's store) keeps the sockets, as

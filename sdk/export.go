@@ -14,93 +14,34 @@ import (
 	"github.com/handoff-dev/handoff/wire"
 )
 
-// startControl runs the loop that answers the agent: Prepare starts an
-// outgoing migration, Abort calls it off.
-func (p *Process) startControl() {
-	p.mu.Lock()
-	if p.agent == nil || p.controlRun {
-		p.mu.Unlock()
-		return
-	}
-	p.controlRun = true
-	p.mu.Unlock()
-	go p.control()
-}
-
-func (p *Process) control() {
-	for {
-		m, err := p.agent.Recv()
-		if err != nil {
-			p.mu.Lock()
-			gone := p.agentGone
-			p.agentGone = true
-			x := p.export
-			p.mu.Unlock()
-			if x != nil {
-				x.agentEvent(wire.Failure{Code: wire.CodeAgentClosed, Reason: fmt.Sprintf("lost the agent: %v", err)})
-			}
-			if !gone {
-				p.logf("lost the agent (%v); serving on, but this process can no longer be migrated", err)
-			}
-			return
-		}
-		switch m.Type {
-		case wire.TypePrepare:
-			p.onPrepare(m)
-		case wire.TypeAbort:
-			m.CloseFDs()
-			var f wire.Failure
-			if err := f.Unmarshal(m.Body); err != nil {
-				f = wire.Failure{Code: wire.CodeMalformed, Reason: err.Error()}
-			}
-			p.mu.Lock()
-			x := p.export
-			p.mu.Unlock()
-			if x != nil && x.txid == m.TxID {
-				x.agentEvent(f)
-			}
-		case wire.TypeError:
-			m.CloseFDs()
-			var f wire.Failure
-			_ = f.Unmarshal(m.Body)
-			p.logf("agent reported an error: %v", f)
-		default:
-			m.CloseFDs()
-			p.logf("ignored unexpected %v message from the agent", m.Type)
-		}
-	}
-}
-
-func (p *Process) refuse(txid uint64, code uint32, reason string) {
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: txid}, Body: wire.Failure{Code: code, Reason: reason}.Marshal()})
-}
-
-func (p *Process) onPrepare(m wire.Msg) {
+// onPrepare starts an outgoing migration asked for on the agent session c.
+func (p *Process) onPrepare(c *wire.Conn, m wire.Msg) {
 	var prep wire.Prepare
 	if err := prep.Unmarshal(m.Body); err != nil || len(m.FDs) != 1 {
 		m.CloseFDs()
-		p.refuse(m.TxID, wire.CodeMalformed, fmt.Sprintf("prepare with %d descriptors: %v", len(m.FDs), err))
+		refuse(c, m.TxID, wire.CodeMalformed, fmt.Sprintf("prepare with %d descriptors: %v", len(m.FDs), err))
 		return
 	}
 	pair, err := wire.FromFD(m.FDs[0], "handoff-pair")
 	if err != nil {
-		p.refuse(m.TxID, wire.CodeMalformed, err.Error())
+		refuse(c, m.TxID, wire.CodeMalformed, err.Error())
 		return
 	}
 	p.mu.Lock()
 	if p.moved || p.export != nil {
 		p.mu.Unlock()
 		pair.Close()
-		p.refuse(m.TxID, wire.CodeBusy, "this process is already migrating or has moved")
+		refuse(c, m.TxID, wire.CodeBusy, "this process is already migrating or has moved")
 		return
 	}
 	p.exports++
 	x := &exportTx{
 		p:       p,
+		agent:   c,
 		txid:    m.TxID,
 		gen:     p.exports,
 		prep:    prep,
-		precopy: m.Flags&wire.PrepareCopy != 0 && p.agent.Version() >= 3,
+		precopy: m.Flags&wire.PrepareCopy != 0 && c.Version() >= 3,
 		pair:    pair,
 		agentEv: make(chan wire.Failure, 2),
 		lateCh:  make(chan *Tracked, 1024),
@@ -130,6 +71,7 @@ func (p *Process) onPrepare(m wire.Msg) {
 // resumes everything and confirms to the agent.
 type exportTx struct {
 	p       *Process
+	agent   *wire.Conn // the session the Prepare came on
 	txid    uint64
 	gen     uint64 // marks the sockets this export copied (copyGen)
 	prep    wire.Prepare
@@ -351,7 +293,7 @@ func (x *exportTx) send(m wire.Msg) error {
 	if x.isDecided() {
 		return errDecided
 	}
-	if err := x.p.agent.Send(m); err != nil {
+	if err := x.agent.Send(m); err != nil {
 		return fmt.Errorf("send %v %d: %w", m.Type, m.Seq, err)
 	}
 	return nil
@@ -827,7 +769,7 @@ func (x *exportTx) moved(frozen []*Tracked, sum wire.Summary) {
 	}
 	p.mu.Unlock()
 	// The decision is made: say so before the slower work of closing.
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
+	_ = x.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	for _, l := range x.listeners {
 		l.markMoved()
 		setUnlink(l.ln, false)
@@ -891,7 +833,7 @@ func (x *exportTx) undo(frozen []*Tracked, f wire.Failure, tell bool) {
 	gone := p.agentGone
 	p.mu.Unlock()
 	if tell && !gone {
-		_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
+		_ = x.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
 	}
 	p.logf("migration %d aborted, serving on: %v", x.txid, f)
 }

@@ -15,6 +15,8 @@ import (
 // incoming is a handoff this process is receiving, from Begin until Ready
 // finishes it.
 type incoming struct {
+	p     *Process
+	agent *wire.Conn // the session Begin came on
 	txid  uint64
 	begin wire.Begin
 	pair  *wire.Conn
@@ -42,6 +44,11 @@ type incoming struct {
 	// failure in the adopter aborts at once rather than at the next
 	// message. Set before the adopter starts.
 	wake func()
+
+	// jobs feeds the adopter goroutine until stopAdopter; adopted is
+	// closed when it has finished.
+	jobs    chan wire.Msg
+	adopted chan struct{}
 
 	res *reserve // memory prepared in standby, or nil
 
@@ -153,9 +160,30 @@ func (in *incoming) closeAll() {
 	}
 }
 
-// receive waits for Begin and takes in every batch until End. Any failure
-// is reported to the agent and returned wrapped in ErrAborted.
+// receive is the target's transaction up to End, top-down: awaitBegin,
+// then transfer (every batch and seal until End). Any failure is reported
+// to the agent and returned wrapped in ErrAborted.
 func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incoming, retErr error) {
+	in, err := p.awaitBegin(ctx, pending, standby)
+	if err != nil {
+		return nil, err
+	}
+	// The pause runs on until Ready: hold the collector that long (finish
+	// releases it), or until this returns without a handoff.
+	in.releaseGC = holdGC(gcHoldMax)
+	defer func() {
+		if retErr != nil {
+			in.endGCHold()
+		}
+	}()
+	if err := in.transfer(ctx, p); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// awaitBegin waits in standby for Begin and sets up the transaction.
+func (p *Process) awaitBegin(ctx context.Context, pending, standby bool) (*incoming, error) {
 	c := p.agent
 	wait := p.opts.StandbyTimeout
 	if pending && !standby {
@@ -165,6 +193,7 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	defer stop()
 	c.SetReadDeadline(time.Now().Add(wait))
 	m, err := c.Recv()
+	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("standby: %w", ctx.Err())
@@ -179,7 +208,7 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 		m.CloseFDs()
 		return nil, fmt.Errorf("%w: expected begin with one descriptor, got %v with %d", ErrAborted, m.Type, len(m.FDs))
 	}
-	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{},
+	in := &incoming{p: p, agent: c, txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{},
 		precopy: m.Flags&wire.BeginCopy != 0 && c.Version() >= 3}
 	// The reserve serves one handoff: a later one (after an abort) gets
 	// fresh memory.
@@ -193,72 +222,37 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	if err != nil {
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 	}
-	step("begin")
-	// The pause runs on until Ready: hold the collector that long (finish
-	// releases it), or until this returns without a handoff.
-	in.releaseGC = holdGC(gcHoldMax)
-	defer func() {
-		if retErr != nil {
-			in.endGCHold()
-		}
-	}()
 	in.deadline = time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
+	step("begin")
+	return in, nil
+}
+
+// transfer takes in every batch and seal until End, each through
+// onMessage. Batches and seals are decoded and adopted on a goroutine of
+// their own (adopter), so that receiving the next one (the kernel
+// installing its descriptors) overlaps adopting this one when a second
+// core is free: the target is the last stage of the transfer, and what it
+// does after the last message arrives is all pause.
+//
+//	message        what happens
+//	Batch, Seal    to the adopter (Seal only in a pre-copy)
+//	End            stop the adopter; check the counts: done
+//	Abort          drop everything: ErrAborted
+//	anything else  UnexpectedMessage
+//
+// A failure of the adopter, the deadline, losing the agent or ctx ends it
+// with an Abort to the agent.
+func (in *incoming) transfer(ctx context.Context, p *Process) error {
+	c := in.agent
 	c.SetReadDeadline(in.deadline)
 	defer c.SetReadDeadline(time.Time{})
-
-	// Batches are decoded and adopted on a goroutine of their own, so that
-	// receiving the next batch (the kernel installing its descriptors)
-	// overlaps adopting this one when a second core is free: the target
-	// is the last stage of the transfer, and what it does after the last
-	// batch arrives is all pause.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	in.wake = func() { c.SetReadDeadline(time.Unix(1, 0)) }
-	jobs := make(chan wire.Msg, 8)
-	adopted := make(chan struct{})
-	go func() {
-		defer close(adopted)
-		for m := range jobs {
-			if code, _ := in.failure(); code != 0 {
-				m.CloseFDs()
-				continue
-			}
-			if m.Type == wire.TypeSeal {
-				in.applySeal(m)
-				continue
-			}
-			bi := &in.bi
-			err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs))
-			if err == nil && bi.Copy && !in.precopy {
-				err = fmt.Errorf("%w: a copy batch in a transfer that is no pre-copy", wire.ErrMalformed)
-			}
-			if err == nil {
-				err = in.got.Batch(bi)
-			}
-			if err != nil {
-				m.CloseFDs()
-				in.fail(wire.CodeMalformed, err)
-				continue
-			}
-			step("batch")
-			if bi.Copy {
-				in.holdCopies(*bi, m.FDs)
-			} else {
-				in.adopt(*bi, m.FDs)
-			}
-			step("adopted")
-		}
-	}()
-	stopAdopter := func() {
-		if jobs != nil {
-			close(jobs)
-			<-adopted
-			jobs = nil
-		}
-	}
-	defer stopAdopter()
-	abort := func(code uint32, err error) error {
-		stopAdopter()
-		return p.abortIncoming(in, code, err)
-	}
+	in.jobs = make(chan wire.Msg, 8)
+	in.adopted = make(chan struct{})
+	go in.adopter()
+	defer in.stopAdopter()
 	var bodyAlloc func(int) []byte
 	if in.res != nil {
 		bodyAlloc = in.res.body
@@ -269,56 +263,116 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 			if code, ferr := in.failure(); code != 0 {
 				// The adopter failed and woke this wait.
 				c.SetReadDeadline(in.deadline)
-				return nil, abort(code, ferr)
+				return in.abort(code, ferr)
 			}
 			if ctx.Err() != nil {
-				return nil, abort(wire.CodeCancelled, ctx.Err())
+				return in.abort(wire.CodeCancelled, ctx.Err())
 			}
-			return nil, abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
+			return in.abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
 		}
-		if m.TxID != in.txid {
-			m.CloseFDs()
-			return nil, abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
-		}
-		switch m.Type {
-		case wire.TypeBatch, wire.TypeSeal:
-			if m.Type == wire.TypeSeal && !in.precopy {
-				m.CloseFDs()
-				return nil, abort(wire.CodeUnexpected, fmt.Errorf("seal in a transfer that is no pre-copy"))
-			}
-			if code, err := in.failure(); code != 0 {
-				m.CloseFDs()
-				return nil, abort(code, err)
-			}
-			jobs <- m
-		case wire.TypeEnd:
-			m.CloseFDs()
-			var sum wire.Summary
-			if err := sum.Unmarshal(m.Body); err != nil {
-				return nil, abort(wire.CodeMalformed, err)
-			}
-			in.ended = true
-			stopAdopter()
-			if code, err := in.failure(); code != 0 {
-				return nil, abort(code, err)
-			}
-			step("end")
-			if err := in.got.Check(sum); err != nil {
-				return nil, abort(wire.CodeMalformed, fmt.Errorf("end: %w", err))
-			}
-			return in, nil
-		case wire.TypeAbort:
-			m.CloseFDs()
-			var f wire.Failure
-			_ = f.Unmarshal(m.Body)
-			stopAdopter()
-			in.closeAll()
-			return nil, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
-		default:
-			m.CloseFDs()
-			return nil, abort(wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+		if done, err := in.onMessage(m); done || err != nil {
+			return err
 		}
 	}
+}
+
+// onMessage handles one message from the agent during the transfer and
+// reports whether the transfer is over (err nil: End arrived and checked).
+func (in *incoming) onMessage(m wire.Msg) (done bool, err error) {
+	if m.TxID != in.txid {
+		m.CloseFDs()
+		return true, in.abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
+	}
+	switch m.Type {
+	case wire.TypeBatch, wire.TypeSeal:
+		if m.Type == wire.TypeSeal && !in.precopy {
+			m.CloseFDs()
+			return true, in.abort(wire.CodeUnexpected, fmt.Errorf("seal in a transfer that is no pre-copy"))
+		}
+		if code, err := in.failure(); code != 0 {
+			m.CloseFDs()
+			return true, in.abort(code, err)
+		}
+		in.jobs <- m
+		return false, nil
+	case wire.TypeEnd:
+		m.CloseFDs()
+		var sum wire.Summary
+		if err := sum.Unmarshal(m.Body); err != nil {
+			return true, in.abort(wire.CodeMalformed, err)
+		}
+		in.ended = true
+		in.stopAdopter()
+		if code, err := in.failure(); code != 0 {
+			return true, in.abort(code, err)
+		}
+		step("end")
+		if err := in.got.Check(sum); err != nil {
+			return true, in.abort(wire.CodeMalformed, fmt.Errorf("end: %w", err))
+		}
+		return true, nil
+	case wire.TypeAbort:
+		m.CloseFDs()
+		var f wire.Failure
+		_ = f.Unmarshal(m.Body)
+		in.stopAdopter()
+		in.closeAll()
+		return true, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
+	default:
+		m.CloseFDs()
+		return true, in.abort(wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+	}
+}
+
+// adopter decodes and adopts the batches and seals of the transfer, in
+// order, until stopAdopter; after a failure it only closes what arrives.
+func (in *incoming) adopter() {
+	defer close(in.adopted)
+	for m := range in.jobs {
+		if code, _ := in.failure(); code != 0 {
+			m.CloseFDs()
+			continue
+		}
+		if m.Type == wire.TypeSeal {
+			in.applySeal(m)
+			continue
+		}
+		bi := &in.bi
+		err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs))
+		if err == nil && bi.Copy && !in.precopy {
+			err = fmt.Errorf("%w: a copy batch in a transfer that is no pre-copy", wire.ErrMalformed)
+		}
+		if err == nil {
+			err = in.got.Batch(bi)
+		}
+		if err != nil {
+			m.CloseFDs()
+			in.fail(wire.CodeMalformed, err)
+			continue
+		}
+		step("batch")
+		if bi.Copy {
+			in.holdCopies(*bi, m.FDs)
+		} else {
+			in.adopt(*bi, m.FDs)
+		}
+		step("adopted")
+	}
+}
+
+// stopAdopter waits for the adopter to finish what it was given.
+func (in *incoming) stopAdopter() {
+	if in.jobs != nil {
+		close(in.jobs)
+		<-in.adopted
+		in.jobs = nil
+	}
+}
+
+// abort stops the adopter, drops what arrived and tells the agent why.
+func (in *incoming) abort(code uint32, err error) error {
+	in.stopAdopter()
+	return in.p.abortIncoming(in, code, err)
 }
 
 // abortIncoming drops what arrived and tells the agent why.
@@ -331,10 +385,10 @@ func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
 		_ = in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
 	}
 	in.closeAll()
-	err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
+	err := in.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
 	p.logf("incoming handoff %d aborted: %v", in.txid, f)
 	if err == nil && !in.ended {
-		p.drainAgent(in.txid)
+		drainAgent(in.agent, in.txid)
 	}
 	return fmt.Errorf("%w: %v", ErrAborted, f)
 }
@@ -346,8 +400,7 @@ func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
 // kernel reset the agent's end, and the agent would then see ECONNRESET or
 // EPIPE before it reads our Abort and report a lost target instead of the
 // real reason.
-func (p *Process) drainAgent(txid uint64) {
-	c := p.agent
+func drainAgent(c *wire.Conn, txid uint64) {
 	c.SetReadDeadline(time.Now().Add(abortDrainBound))
 	defer c.SetReadDeadline(time.Time{})
 	for {
@@ -615,7 +668,7 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	p.in = nil
 	p.mu.Unlock()
 	step("served")
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
+	_ = in.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	return conns, nil
 }
 

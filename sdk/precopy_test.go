@@ -100,6 +100,24 @@ func shared(a, b map[string]bool) int {
 	return n
 }
 
+// startHeldApp starts a test app that holds after its pre-copy until gate
+// exists, with n connections (TCP and unix in turn), each pinged once.
+func startHeldApp(t *testing.T, ta *testAgent, uds, gate string, n int) (*app, admin.Session, []*appConn) {
+	t.Helper()
+	a := startApp(t, ta, "app", uds, false, "HOLD_AT=precopied:"+gate)
+	sa := ta.join(t, a.pid)
+	conns := make([]*appConn, n)
+	for i := range conns {
+		network, addr := "tcp", a.tcp
+		if i%2 == 1 {
+			network, addr = "unix", a.uds
+		}
+		conns[i] = dialApp(t, network, addr, uint64(i+1))
+		conns[i].ping(t)
+	}
+	return a, sa, conns
+}
+
 // waitShared waits until process pid holds want of the sockets in set.
 func waitShared(t *testing.T, set map[string]bool, pid, want int) {
 	t.Helper()
@@ -128,17 +146,7 @@ func TestPrecopyCloseDuringCopy(t *testing.T) {
 	ta := startAgent(t)
 	uds := filepath.Join(t.TempDir(), "app.sock")
 	gate := filepath.Join(t.TempDir(), "go-ahead")
-	a := startApp(t, ta, "app", uds, false, "HOLD_AT=precopied:"+gate)
-	sa := ta.join(t, a.pid)
-	conns := make([]*appConn, n)
-	for i := range conns {
-		network, addr := "tcp", a.tcp
-		if i%2 == 1 {
-			network, addr = "unix", a.uds
-		}
-		conns[i] = dialApp(t, network, addr, uint64(i+1))
-		conns[i].ping(t)
-	}
+	a, sa, conns := startHeldApp(t, ta, uds, gate, n)
 	before := socketInodes(t, a.pid)
 
 	b := startApp(t, ta, "app", uds, true)
@@ -217,17 +225,7 @@ func TestPrecopyAbortDropsCopies(t *testing.T) {
 	ta := startAgent(t)
 	uds := filepath.Join(t.TempDir(), "app.sock")
 	gate := filepath.Join(t.TempDir(), "go-ahead")
-	a := startApp(t, ta, "app", uds, false, "HOLD_AT=precopied:"+gate)
-	sa := ta.join(t, a.pid)
-	conns := make([]*appConn, n)
-	for i := range conns {
-		network, addr := "tcp", a.tcp
-		if i%2 == 1 {
-			network, addr = "unix", a.uds
-		}
-		conns[i] = dialApp(t, network, addr, uint64(i+1))
-		conns[i].ping(t)
-	}
+	a, sa, conns := startHeldApp(t, ta, uds, gate, n)
 	before := socketInodes(t, a.pid)
 	baseFD := fdCount(t, a.pid)
 
