@@ -729,3 +729,38 @@ func TestPythonPacketSocket(t *testing.T) {
 	wantMovedAway(t, src)
 	echo("after", dst.Pid())
 }
+
+// TestPythonRejoinsRestartedAgent: the agent is killed and started again
+// while a Python streamer serves; the streamer serves on, joins the new
+// agent by itself, and can then be migrated to a Go streamer.
+func TestPythonRejoinsRestartedAgent(t *testing.T) {
+	env := newEnv(t)
+	agent, err := env.StartAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	py := pyStreamer(t, env, "py", addr, false)
+	if err := py.WaitServing(bound); err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	clients := startClients(t, addr, n, 10)
+	for i := range 2 {
+		agent.Signal(syscall.SIGKILL)
+		if err := agent.Wait(bound); err == nil {
+			t.Fatal("the agent exited 0 after SIGKILL")
+		}
+		checkClients(t, clients, n) // serving on without an agent
+		if agent, err = env.StartAgent(); err != nil {
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+	}
+	a := adminClient(t, env)
+	ses := session(t, a, py) // waits until it has joined the new agent
+	dst := goStreamer(t, env, "go", addr, true)
+	wantCompleted(t, migrate(t, a, ses, session(t, a, dst), nil), n)
+	wantTakeover(t, dst, n)
+	wantMovedAway(t, py)
+	checkClients(t, clients, n)
+}

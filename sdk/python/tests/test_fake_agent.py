@@ -15,7 +15,7 @@ import unittest
 from typing import Callable, Optional
 
 import handoff
-from handoff import wire
+from handoff import _process, wire
 
 
 def fd_count() -> int:
@@ -257,6 +257,53 @@ class Target(unittest.TestCase):
 
 class Source(unittest.TestCase):
     """A serving process whose agent sends bad input: it keeps serving."""
+
+    def setUp(self) -> None:
+        # These tests end the session on purpose: no rejoining during them
+        # unless a test asks for it.
+        self.saved = _process.REJOIN_FIRST
+        _process.REJOIN_FIRST = 60
+
+    def tearDown(self) -> None:
+        _process.REJOIN_FIRST = self.saved
+
+    def test_rejoin(self) -> None:
+        """The session breaks; the process joins again (Hello with neither
+        flag) and answers Prepares on the new session."""
+        _process.REJOIN_FIRST = 0.05
+        before = fd_count()
+        agent = FakeAgent()
+        second: list[wire.Hello] = []
+        aborts: list[wire.Failure] = []
+
+        def script(c: wire.Conn) -> None:
+            raw(c, b"junk", [])  # fails the checks: the session is over
+            s, _ = agent.ln.accept()
+            c2 = wire.Conn(s)
+            c2.settimeout(10)
+            second.append(wire.Hello.unmarshal(c2.recv().body))
+            c2.version = 2
+            c2.send(wire.WELCOME, wire.Welcome(2, 0, os.getpid(), 2).marshal())
+            c2.send(wire.PREPARE, b"bad", txid=5)
+            m = c2.recv()
+            aborts.append(wire.Failure.unmarshal(m.body))
+            c2.close()
+
+        agent.run(script)
+        logs: list[str] = []
+        p = handoff.join(socket_path=agent.path, name="r", log=logs.append)
+        agent.thread.join(20)  # type: ignore[union-attr]
+        p.close()
+        agent.finish()
+        self.assertEqual(second[0].flags, 0, "a process that serves joins again with neither flag")
+        self.assertEqual(second[0].name, "r")
+        self.assertEqual([f.code for f in aborts], [wire.CODE_MALFORMED])
+        self.assertTrue(any("joined the agent again as session 2" in l for l in logs), logs)
+        for _ in range(200):
+            if fd_count() == before:
+                break
+            threading.Event().wait(0.01)  # polling interval of a bounded condition wait
+        self.assertEqual(fd_count(), before)
 
     def test_bad_prepares_then_garbage(self) -> None:
         srv_before = fd_count()

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import queue
+import random
 import select
 import socket
 import sys
@@ -31,6 +32,12 @@ DEFAULT_STANDBY_TIMEOUT = 300.0
 
 DEFAULT_ACCEPT_GRACE = 0.1
 """Seconds a migration waits for accepted connections to be tracked."""
+
+REJOIN_FIRST = 0.1
+"""Seconds before the first attempt to join a lost agent again."""
+
+REJOIN_MAX = 5.0
+"""Most seconds between two attempts to join a lost agent again."""
 
 PENDING_WAIT = 30.0
 """Seconds a process told of stored descriptors (WelcomePending) waits for Begin."""
@@ -380,6 +387,7 @@ class Process:
         self._in: Optional[_Incoming] = None
         self.inherited = False
         """True if this process received sockets from another."""
+        self._stop = threading.Event()  # close() was called: no more rejoining
         self.done = threading.Event()
         """Set once this process's sockets were handed to another process and
         the handoff committed: the application should finish and exit."""
@@ -397,6 +405,13 @@ class Process:
     # Joining.
 
     def _hello(self, flags: int) -> wire.Welcome:
+        c, w = self._dial(flags)
+        self._agent = c
+        self.session_id = w.session_id
+        return w
+
+    def _dial(self, flags: int) -> tuple[wire.Conn, wire.Welcome]:
+        """Open a session: Hello with flags, then the agent's Welcome."""
         c = wire.Conn.dial(self.socket_path)
         try:
             c.send(wire.HELLO, wire.Hello(wire.MIN_VERSION, wire.MAX_VERSION, wire.ROLE_APP, flags, self.name).marshal())
@@ -427,9 +442,7 @@ class Process:
         if w.version < 2:
             w.flags &= ~wire.WELCOME_STANDBY  # a version-1 agent knows no WelcomeStandby
         c.version = w.version
-        self._agent = c
-        self.session_id = w.session_id
-        return w
+        return c, w
 
     def _unavailable(self, err: BaseException) -> "Process":
         if self.standby:
@@ -496,6 +509,7 @@ class Process:
             a = self._agent
             self._agent_gone = True
             self._closing = True
+        self._stop.set()
         if a is not None:
             try:
                 a.sock.shutdown(socket.SHUT_RDWR)
@@ -682,48 +696,51 @@ class Process:
         threading.Thread(target=self._control, name="handoff-control", daemon=True).start()
 
     def _control(self) -> None:
-        a = self._agent
-        assert a is not None
-        while True:
+        """Serve the agent session, and the sessions that replace it when
+        it is lost (docs/protocol.md, "Losing the agent, and joining again")."""
+        a: Optional[wire.Conn] = self._agent
+        while a is not None:
             try:
                 m = a.recv()
-            except (wire.ClosedError, OSError) as e:
+            except (wire.WireError, OSError) as e:
+                # The session ended, or a datagram failed a check (its
+                # descriptors are closed) and the session can no longer be
+                # trusted to be in step.
                 self._lost_agent(e)
                 a.close()
-                return
+                a = self._rejoin()
+                continue
+            self._dispatch(a, m)
+
+    def _dispatch(self, a: wire.Conn, m: wire.Msg) -> None:
+        """Handle one message from the agent on session a."""
+        if m.type == wire.PREPARE:
+            try:
+                self._on_prepare(a, m)
+            except Exception as e:  # noqa: BLE001 - refuse rather than lose the control loop
+                m.close_fds()
+                self.logf(f"prepare {m.txid} failed: {e!r}")
+                _refuse(a, m.txid, wire.CODE_EXPORT, f"prepare: {e!r}")
+        elif m.type == wire.ABORT:
+            m.close_fds()
+            try:
+                f = wire.Failure.unmarshal(m.body)
             except wire.WireError as e:
-                # A datagram that failed a check: its descriptors are closed.
-                # The agent session can no longer be trusted to be in step.
-                self._lost_agent(e)
-                a.close()
-                return
-            if m.type == wire.PREPARE:
-                try:
-                    self._on_prepare(m)
-                except Exception as e:  # noqa: BLE001 - refuse rather than lose the control loop
-                    m.close_fds()
-                    self.logf(f"prepare {m.txid} failed: {e!r}")
-                    self._refuse(m.txid, wire.CODE_EXPORT, f"prepare: {e!r}")
-            elif m.type == wire.ABORT:
-                m.close_fds()
-                try:
-                    f = wire.Failure.unmarshal(m.body)
-                except wire.WireError as e:
-                    f = wire.Failure(wire.CODE_MALFORMED, str(e))
-                with self._lock:
-                    x = self._export
-                if x is not None and x.txid == m.txid:
-                    x.agent_event(f)
-            elif m.type == wire.ERROR:
-                m.close_fds()
-                try:
-                    f = wire.Failure.unmarshal(m.body)
-                except wire.WireError:
-                    f = wire.Failure(wire.CODE_MALFORMED, "undecodable error")
-                self.logf(f"agent reported an error: {f}")
-            else:
-                m.close_fds()
-                self.logf(f"ignored unexpected {wire.type_name(m.type)} message from the agent")
+                f = wire.Failure(wire.CODE_MALFORMED, str(e))
+            with self._lock:
+                x = self._export
+            if x is not None and x.txid == m.txid and x.agent is a:
+                x.agent_event(f)
+        elif m.type == wire.ERROR:
+            m.close_fds()
+            try:
+                f = wire.Failure.unmarshal(m.body)
+            except wire.WireError:
+                f = wire.Failure(wire.CODE_MALFORMED, "undecodable error")
+            self.logf(f"agent reported an error: {f}")
+        else:
+            m.close_fds()
+            self.logf(f"ignored unexpected {wire.type_name(m.type)} message from the agent")
 
     def _lost_agent(self, e: BaseException) -> None:
         with self._lock:
@@ -732,8 +749,47 @@ class Process:
             x = self._export
         if x is not None:
             x.agent_event(wire.Failure(wire.CODE_AGENT_CLOSED, f"lost the agent: {e}"))
-        if not gone:
-            self.logf(f"lost the agent ({e}); serving on, but this process can no longer be migrated")
+        if not gone and not self._stop.is_set():
+            self.logf(f"lost the agent ({e}); serving on, and joining it again")
+
+    def _rejoin(self) -> Optional[wire.Conn]:
+        """Join the agent again under the same name, with backoff (100 ms
+        doubling to 5 s, each wait jittered by half), once the migration
+        that was running has ended. None when there is nothing more to do:
+        close() was called or the sockets moved away."""
+        delay = REJOIN_FIRST
+        lost = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._stop.wait(delay * (0.5 + random.random())):
+                return None
+            delay = min(2 * delay, REJOIN_MAX)
+            with self._lock:
+                moved, busy = self._moved, self._export is not None
+            if moved:
+                return None
+            if busy:
+                continue  # the aborted migration is still resuming
+            try:
+                c, w = self._dial(0)
+            except (OSError, HandoffError) as e:
+                if attempt == 1 or attempt % 10 == 0:
+                    self.logf(f"could not join the agent again (attempt {attempt}): {e}")
+                continue
+            if w.flags & wire.WELCOME_PENDING:
+                # Stored descriptors wait for a new process of this name;
+                # this one serves already and cannot take them.
+                c.close()
+                self.logf(f"the agent holds stored descriptors for {self.name!r}; they are for a new process, not this one: joining again later")
+                continue
+            with self._lock:
+                if self._closing or self._moved:
+                    c.close()
+                    return None
+                self._agent, self.session_id, self._agent_gone = c, w.session_id, False
+            self.logf(f"joined the agent again as session {w.session_id}, {time.monotonic() - lost:.3f}s after losing it; migratable again")
+            return c
 
     def _send_agent(self, typ: int, body: bytes = b"", fds: tuple[int, ...] | list[int] = (), txid: int = 0, seq: int = 0, flags: int = 0) -> None:
         a = self._agent
@@ -741,13 +797,7 @@ class Process:
             raise wire.ClosedError("no agent session")
         a.send(typ, body, fds, txid=txid, seq=seq, flags=flags)
 
-    def _refuse(self, txid: int, code: int, reason: str) -> None:
-        try:
-            self._send_agent(wire.ABORT, wire.Failure(code, reason).marshal(), txid=txid)
-        except (OSError, wire.WireError):
-            pass
-
-    def _on_prepare(self, m: wire.Msg) -> None:
+    def _on_prepare(self, a: wire.Conn, m: wire.Msg) -> None:
         try:
             prep = wire.Prepare.unmarshal(m.body)
             err = None
@@ -756,26 +806,34 @@ class Process:
         if err is not None or len(m.fds) != 1:
             n = len(m.fds)
             m.close_fds()
-            self._refuse(m.txid, wire.CODE_MALFORMED, f"prepare with {n} descriptors: {err}")
+            _refuse(a, m.txid, wire.CODE_MALFORMED, f"prepare with {n} descriptors: {err}")
             return
         fd, m.fds = m.fds[0], []  # owned by the pair from here, or closed by from_fd
         try:
             pair = wire.Conn.from_fd(fd)
         except wire.WireError as e:
-            self._refuse(m.txid, wire.CODE_MALFORMED, str(e))
+            _refuse(a, m.txid, wire.CODE_MALFORMED, str(e))
             return
         with self._lock:
             if self._moved or self._export is not None:
                 busy = True
             else:
                 busy = False
-                x = _Export(self, m.txid, prep, pair)
+                x = _Export(self, a, m.txid, prep, pair)
                 self._export = x
         if busy:
             pair.close()
-            self._refuse(m.txid, wire.CODE_BUSY, "this process is already migrating or has moved")
+            _refuse(a, m.txid, wire.CODE_BUSY, "this process is already migrating or has moved")
             return
         threading.Thread(target=x.run, name=f"handoff-export-{m.txid}", daemon=True).start()
+
+
+def _refuse(a: wire.Conn, txid: int, code: int, reason: str) -> None:
+    """Answer a Prepare on session a with Abort."""
+    try:
+        a.send(wire.ABORT, wire.Failure(code, reason).marshal(), txid=txid)
+    except (OSError, wire.WireError):
+        pass
 
 
 class _Incoming:
@@ -1021,8 +1079,9 @@ class _Incoming:
 class _Export:
     """One outgoing migration: the source's side of the transaction."""
 
-    def __init__(self, p: Process, txid: int, prep: wire.Prepare, pair: wire.Conn) -> None:
+    def __init__(self, p: Process, agent: wire.Conn, txid: int, prep: wire.Prepare, pair: wire.Conn) -> None:
         self.p = p
+        self.agent = agent  # the session the Prepare came on: everything about it goes there
         self.txid = txid
         self.prep = prep
         self.pair = pair
@@ -1096,7 +1155,7 @@ class _Export:
             memfd = wire.new_state_memfd(states)
             fds.append(memfd)
         try:
-            self.p._send_agent(wire.BATCH, body, fds, txid=self.txid, seq=self.seq, flags=flags)
+            self.agent.send(wire.BATCH, body, fds, txid=self.txid, seq=self.seq, flags=flags)
         finally:
             if memfd >= 0:
                 os.close(memfd)
@@ -1187,7 +1246,7 @@ class _Export:
         s.freeze_start_ns = freeze_start
         s.export_done_ns = wire.monotonic_ns()
         try:
-            p._send_agent(wire.EXPORTED, s.marshal(), txid=self.txid)
+            self.agent.send(wire.EXPORTED, s.marshal(), txid=self.txid)
         except (OSError, wire.WireError) as e:
             self.abort(wire.Failure(wire.CODE_AGENT_CLOSED, f"send exported: {e}"), True)
             return
@@ -1281,7 +1340,7 @@ class _Export:
             for t in frozen:
                 p._tracked.pop(id(t), None)
         try:
-            p._send_agent(wire.COMMITTED, wire.stamp(), txid=self.txid)
+            self.agent.send(wire.COMMITTED, wire.stamp(), txid=self.txid)
         except (OSError, wire.WireError):
             pass
         for ln in self.listeners:
@@ -1325,7 +1384,7 @@ class _Export:
             gone = p._agent_gone
         if tell and not gone:
             try:
-                p._send_agent(wire.ABORT, f.marshal(), txid=self.txid)
+                self.agent.send(wire.ABORT, f.marshal(), txid=self.txid)
             except (OSError, wire.WireError):
                 pass
         p.logf(f"migration {self.txid} aborted, serving on: {f}")
