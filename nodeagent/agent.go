@@ -299,7 +299,7 @@ func (s *session) sendFlags(t wire.Type, flags uint16, txid uint64, body []byte,
 	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, Flags: flags, TxID: txid}, Body: body, FDs: fds})
 }
 
-func (s *session) sendError(code uint32, reason string) {
+func (s *session) sendError(code wire.Code, reason string) {
 	_ = s.send(wire.TypeError, 0, wire.Failure{Code: code, Reason: reason}.Marshal(), nil)
 }
 
@@ -458,7 +458,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 // peer can act on (speak an older version), so it gets CodeVersion, as a
 // hello with no common version does, rather than the generic
 // CodeMalformed.
-func recvErrorCode(err error) uint32 {
+func recvErrorCode(err error) wire.Code {
 	if errors.Is(err, wire.ErrVersion) {
 		return wire.CodeVersion
 	}

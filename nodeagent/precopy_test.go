@@ -214,7 +214,7 @@ func TestPrecopyBadSource(t *testing.T) {
 			}
 			send(t, pt.src, wire.TypeAbort, pt.txid, f.Marshal()) // the source confirms
 			res := pt.result(t)
-			if res.Phase != nodeagent.PhaseFailed || res.Reason != "Malformed" {
+			if res.Phase != nodeagent.PhaseFailed || res.Code != wire.CodeMalformed {
 				t.Fatalf("result %+v, want Failed: Malformed", res)
 			}
 			// Every copy is closed wherever it went: the agent kept none.

@@ -59,7 +59,7 @@ func (e *stored) discard(a *Agent, why string) {
 	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
 		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
 	if e.delivered != nil {
-		e.delivered(admin.Result{Phase: PhaseFailed, Reason: "NotClaimed", Message: fmt.Sprintf("stored descriptors closed: %s", why),
+		e.delivered(admin.Result{Phase: PhaseFailed, Code: wire.CodeNotClaimed, Reason: wire.CodeNotClaimed.String(), Message: fmt.Sprintf("stored descriptors closed: %s", why),
 			Listeners: int(e.sum.Listeners), Connections: int(e.sum.Conns), Packets: int(e.sum.Packets)})
 	}
 }

@@ -197,7 +197,7 @@ func (r *relayCounter) checkSeal(m wire.Msg) error {
 // matches checks the source's Exported summary against the counts.
 func (r *relayCounter) matches(s wire.Summary) error { return r.Check(s) }
 
-func failure(code uint32, format string, args ...any) *wire.Failure {
+func failure(code wire.Code, format string, args ...any) *wire.Failure {
 	return &wire.Failure{Code: code, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -568,7 +568,7 @@ func (t *txn) result(res admin.Result, start time.Time, f *wire.Failure, sum *wi
 	res.DurationNS = int64(time.Since(start))
 	if f != nil {
 		res.Phase = PhaseFailed
-		res.Reason = wire.CodeName(f.Code)
+		res.Code, res.Reason = f.Code, f.Code.String()
 		res.Message = f.Reason
 		return res
 	}

@@ -131,7 +131,7 @@ func (x *exportTx) late(t *Tracked) {
 }
 
 // fail decides the transaction as aborted for a reason of this process.
-func (x *exportTx) fail(code uint32, format string, args ...any) {
+func (x *exportTx) fail(code wire.Code, format string, args ...any) {
 	x.abort(wire.Failure{Code: code, Reason: fmt.Sprintf(format, args...)}, true)
 }
 

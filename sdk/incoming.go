@@ -26,7 +26,7 @@ type incoming struct {
 	packets   map[string]net.PacketConn
 	conns     []Imported // appended to by the adopter until End
 	err       error
-	errCode   uint32         // wire code for err
+	errCode   wire.Code      // wire code for err
 	bi        wire.BatchInfo // reused for every batch
 	si        wire.SealInfo  // reused for every seal
 
@@ -370,13 +370,13 @@ func (in *incoming) stopAdopter() {
 }
 
 // abort stops the adopter, drops what arrived and tells the agent why.
-func (in *incoming) abort(code uint32, err error) error {
+func (in *incoming) abort(code wire.Code, err error) error {
 	in.stopAdopter()
 	return in.p.abortIncoming(in, code, err)
 }
 
 // abortIncoming drops what arrived and tells the agent why.
-func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
+func (p *Process) abortIncoming(in *incoming, code wire.Code, cause error) error {
 	f := wire.Failure{Code: code, Reason: cause.Error()}
 	if in.pair != nil {
 		// The source learns of the close on the pair, maybe before the
@@ -431,7 +431,7 @@ func (in *incoming) endGCHold() {
 }
 
 // fail records the first thing that went wrong while adopting.
-func (in *incoming) fail(code uint32, err error) {
+func (in *incoming) fail(code wire.Code, err error) {
 	in.mu.Lock()
 	first := in.errCode == 0
 	if first {
@@ -444,7 +444,7 @@ func (in *incoming) fail(code uint32, err error) {
 }
 
 // failure is what fail recorded: code 0 if nothing.
-func (in *incoming) failure() (uint32, error) {
+func (in *incoming) failure() (wire.Code, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return in.errCode, in.err

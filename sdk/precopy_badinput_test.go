@@ -131,7 +131,7 @@ func TestTargetBadPrecopy(t *testing.T) {
 	cases := []struct {
 		name  string
 		flags uint16 // Begin's
-		code  uint32
+		code  wire.Code
 		says  string
 		run   func(t *testing.T, fa *fakeAgent)
 	}{
@@ -179,7 +179,7 @@ func TestTargetBadPrecopy(t *testing.T) {
 			}
 			var f wire.Failure
 			if err := f.Unmarshal(m.Body); err != nil || f.Code != tc.code || !strings.Contains(f.Reason, tc.says) {
-				t.Fatalf("target aborted with %v (%v), want %s saying %q", f, err, wire.CodeName(tc.code), tc.says)
+				t.Fatalf("target aborted with %v (%v), want %s saying %q", f, err, tc.code, tc.says)
 			}
 			// End the target's drain, as the agent does (after End the
 			// target does not drain, and may have left already).

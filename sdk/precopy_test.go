@@ -252,7 +252,7 @@ func TestPrecopyAbortDropsCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := <-done
-	wantFailed(t, res, "DeadlineExceeded")
+	wantFailed(t, res, wire.CodeDeadline)
 	if got := shared(before, socketInodes(t, os.Getpid())); got != 0 {
 		t.Fatalf("after the abort the agent and the target still hold %d of the source's sockets", got)
 	}

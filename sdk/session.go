@@ -74,7 +74,7 @@ func (p *Process) dispatch(c *wire.Conn, m wire.Msg) {
 }
 
 // refuse answers a Prepare on session c with Abort.
-func refuse(c *wire.Conn, txid uint64, code uint32, reason string) {
+func refuse(c *wire.Conn, txid uint64, code wire.Code, reason string) {
 	_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: txid}, Body: wire.Failure{Code: code, Reason: reason}.Marshal()})
 }
 

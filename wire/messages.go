@@ -81,57 +81,59 @@ const (
 	MaxState = 64 << 20 // bytes in one connection's state record
 )
 
-// Codes carried by Error and Abort.
+// Code says why a transaction or a session failed. It travels in Error
+// and Abort as a uint32; a receiver accepts any value, known or not.
+type Code uint32
+
+// Codes carried by Error and Abort, and by the agent's results.
 const (
-	CodeVersion     uint32 = 1  // no common protocol version
-	CodeMalformed   uint32 = 2  // a message did not decode
-	CodeRefused     uint32 = 3  // not allowed for this peer
-	CodeBusy        uint32 = 4  // the session is in another transaction
-	CodeInternal    uint32 = 5  // the agent failed
-	CodeNotFound    uint32 = 6  // no such session
-	CodeDeadline    uint32 = 7  // the transaction's deadline passed
-	CodeSourceLost  uint32 = 8  // the source went away before exporting everything
-	CodeTargetLost  uint32 = 9  // the target went away before it was ready
-	CodeImport      uint32 = 10 // the target could not take the descriptors (EMFILE …)
-	CodeExport      uint32 = 11 // the source could not export
-	CodeCancelled   uint32 = 12 // an administrator or shutdown cancelled it
-	CodeUnexpected  uint32 = 13 // a message arrived that the state does not allow
-	CodeAgentClosed uint32 = 14 // the agent is shutting down
+	CodeVersion     Code = 1  // no common protocol version
+	CodeMalformed   Code = 2  // a message did not decode
+	CodeRefused     Code = 3  // not allowed for this peer
+	CodeBusy        Code = 4  // the session is in another transaction
+	CodeInternal    Code = 5  // the agent failed
+	CodeNotFound    Code = 6  // no such session
+	CodeDeadline    Code = 7  // the transaction's deadline passed
+	CodeSourceLost  Code = 8  // the source went away before exporting everything
+	CodeTargetLost  Code = 9  // the target went away before it was ready
+	CodeImport      Code = 10 // the target could not take the descriptors (EMFILE …)
+	CodeExport      Code = 11 // the source could not export
+	CodeCancelled   Code = 12 // an administrator or shutdown cancelled it
+	CodeUnexpected  Code = 13 // a message arrived that the state does not allow
+	CodeAgentClosed Code = 14 // the agent is shutting down
+	// CodeNotClaimed: descriptors the agent stored for a restarting
+	// process were closed before any process claimed them (the hold
+	// expired, or the agent shut down). Only in the agent's results,
+	// never sent.
+	CodeNotClaimed Code = 15
 )
 
-// CodeName is a short CamelCase name of a code, for logs and reports.
-func CodeName(c uint32) string {
-	switch c {
-	case CodeVersion:
-		return "Version"
-	case CodeMalformed:
-		return "Malformed"
-	case CodeRefused:
-		return "Refused"
-	case CodeBusy:
-		return "Busy"
-	case CodeInternal:
-		return "Internal"
-	case CodeNotFound:
-		return "NotFound"
-	case CodeDeadline:
-		return "DeadlineExceeded"
-	case CodeSourceLost:
-		return "SourceLost"
-	case CodeTargetLost:
-		return "TargetLost"
-	case CodeImport:
-		return "ImportFailed"
-	case CodeExport:
-		return "ExportFailed"
-	case CodeCancelled:
-		return "Cancelled"
-	case CodeUnexpected:
-		return "UnexpectedMessage"
-	case CodeAgentClosed:
-		return "AgentClosed"
+var codeNames = map[Code]string{
+	CodeVersion: "Version", CodeMalformed: "Malformed", CodeRefused: "Refused",
+	CodeBusy: "Busy", CodeInternal: "Internal", CodeNotFound: "NotFound",
+	CodeDeadline: "DeadlineExceeded", CodeSourceLost: "SourceLost", CodeTargetLost: "TargetLost",
+	CodeImport: "ImportFailed", CodeExport: "ExportFailed", CodeCancelled: "Cancelled",
+	CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed", CodeNotClaimed: "NotClaimed",
+}
+
+// String is a short CamelCase name of c, for logs and reports; a code
+// this side does not know is "Code<n>".
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
 	}
-	return fmt.Sprintf("Code%d", c)
+	return fmt.Sprintf("Code%d", uint32(c))
+}
+
+// Codes lists every code this side knows, in ascending order: for the
+// tables that must cover each one.
+func Codes() []Code {
+	cs := make([]Code, 0, len(codeNames))
+	for c := range codeNames {
+		cs = append(cs, c)
+	}
+	slices.Sort(cs)
+	return cs
 }
 
 // enc appends little-endian fields.
@@ -267,7 +269,7 @@ func (w *Welcome) Unmarshal(b []byte) error {
 // Failure is the body of Error and Abort: a code and a reason a person can
 // act on.
 type Failure struct {
-	Code   uint32
+	Code   Code
 	Reason string
 }
 
@@ -278,7 +280,7 @@ func (f Failure) Marshal() []byte {
 		r = r[:4096]
 	}
 	e := enc{make([]byte, 0, 8+len(r))}
-	e.u32(f.Code)
+	e.u32(uint32(f.Code))
 	e.str(r)
 	return e.b
 }
@@ -286,12 +288,13 @@ func (f Failure) Marshal() []byte {
 // Unmarshal decodes b into f.
 func (f *Failure) Unmarshal(b []byte) error {
 	d := dec{b: b}
-	f.Code = d.u32()
+	f.Code = Code(d.u32())
 	f.Reason = d.str()
 	return d.done("failure")
 }
 
-func (f Failure) Error() string { return CodeName(f.Code) + ": " + f.Reason }
+// Error is the code's name and the reason.
+func (f Failure) Error() string { return f.Code.String() + ": " + f.Reason }
 
 // Prepare asks a source to freeze and export. It carries one descriptor:
 // the source's end of the private pair to the target (or to the agent,

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -147,20 +148,24 @@ func TestTypes(t *testing.T) {
 }
 
 func TestCodeNames(t *testing.T) {
-	want := map[uint32]string{
-		CodeVersion: "Version", CodeMalformed: "Malformed", CodeRefused: "Refused", CodeBusy: "Busy",
-		CodeInternal: "Internal", CodeNotFound: "NotFound", CodeDeadline: "DeadlineExceeded", CodeSourceLost: "SourceLost",
-		CodeTargetLost: "TargetLost", CodeImport: "ImportFailed", CodeExport: "ExportFailed", CodeCancelled: "Cancelled",
-		CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed",
+	// The values travel and the names are in results and logs: both stay.
+	want := map[Code]string{
+		1: "Version", 2: "Malformed", 3: "Refused", 4: "Busy", 5: "Internal", 6: "NotFound",
+		7: "DeadlineExceeded", 8: "SourceLost", 9: "TargetLost", 10: "ImportFailed",
+		11: "ExportFailed", 12: "Cancelled", 13: "UnexpectedMessage", 14: "AgentClosed", 15: "NotClaimed",
 	}
-	for code := uint32(1); code <= 14; code++ {
-		if CodeName(code) != want[code] {
-			t.Errorf("CodeName(%d) = %q, want %q", code, CodeName(code), want[code])
+	codes := Codes()
+	if len(codes) != len(want) || !slices.IsSorted(codes) {
+		t.Errorf("Codes() = %v, want the %d codes in order", codes, len(want))
+	}
+	for _, c := range codes {
+		if c.String() != want[c] {
+			t.Errorf("Code(%d).String() = %q, want %q", uint32(c), c.String(), want[c])
 		}
 	}
-	for _, c := range []uint32{0, 15, 1 << 31} {
-		if got := CodeName(c); got != "Code"+strconv.Itoa(int(c)) {
-			t.Errorf("CodeName(%d) = %q", c, got)
+	for _, c := range []Code{0, 16, 1 << 31} {
+		if got := c.String(); got != "Code"+strconv.FormatUint(uint64(c), 10) {
+			t.Errorf("Code(%d).String() = %q", uint32(c), got)
 		}
 	}
 	if got := (Failure{Code: CodeImport, Reason: "too many open files"}).Error(); got != "ImportFailed: too many open files" {

@@ -64,10 +64,15 @@ type Stored struct {
 
 // Result is the outcome of one migration.
 type Result struct {
-	TxID        uint64 `json:"txid"`
-	From        uint64 `json:"from"`
-	To          uint64 `json:"to"`
-	Phase       string `json:"phase"` // Completed or Failed
+	TxID  uint64 `json:"txid"`
+	From  uint64 `json:"from"`
+	To    uint64 `json:"to"`
+	Phase string `json:"phase"` // Completed or Failed
+	// Code says why a Failed migration failed; 0 when it completed. Go
+	// callers switch on it.
+	Code wire.Code `json:"code,omitempty"`
+	// Reason is Code's name (Code.String), for people and for clients
+	// that read only the JSON.
 	Reason      string `json:"reason,omitempty"`
 	Message     string `json:"message,omitempty"`
 	Listeners   int    `json:"listeners"`
