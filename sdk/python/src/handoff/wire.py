@@ -96,13 +96,14 @@ CODE_EXPORT = 11
 CODE_CANCELLED = 12
 CODE_UNEXPECTED = 13
 CODE_AGENT_CLOSED = 14
+CODE_NOT_CLAIMED = 15
 
 CODE_NAMES = {
     CODE_VERSION: "Version", CODE_MALFORMED: "Malformed", CODE_REFUSED: "Refused", CODE_BUSY: "Busy",
     CODE_INTERNAL: "Internal", CODE_NOT_FOUND: "NotFound", CODE_DEADLINE: "DeadlineExceeded",
     CODE_SOURCE_LOST: "SourceLost", CODE_TARGET_LOST: "TargetLost", CODE_IMPORT: "ImportFailed",
     CODE_EXPORT: "ExportFailed", CODE_CANCELLED: "Cancelled", CODE_UNEXPECTED: "UnexpectedMessage",
-    CODE_AGENT_CLOSED: "AgentClosed",
+    CODE_AGENT_CLOSED: "AgentClosed", CODE_NOT_CLAIMED: "NotClaimed",
 }
 
 
