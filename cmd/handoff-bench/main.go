@@ -5,7 +5,9 @@
 // N sockets between processes with SCM_RIGHTS in batches of 253 (one hop
 // and two hops), printed as ratios. It also measures the baseline a user
 // would otherwise have: stop the old process, start the new one, and count
-// the connections that were reset.
+// the connections that were reset. With -python it also migrates, in the
+// same run, from the Go streamer to examples/pystreamer and back, and
+// reports those pauses beside the Go-to-Go pause and the floor.
 package main
 
 import (
@@ -45,6 +47,9 @@ type migRow struct {
 	baseResets  int64
 	baseClosed  int64
 	baseDown    time.Duration
+	// toPy and fromPy are the pauses of migrations to and from a Python
+	// streamer (-python).
+	toPy, fromPy []time.Duration
 }
 
 func main() {
@@ -63,8 +68,18 @@ func main() {
 		newRate = flag.Float64("new-rate", 50, "new short connections per second during the run")
 		verbose = flag.Bool("v", false, "show the processes' logs")
 		expDef  = flag.Bool("expect-default", false, "start the standby streamers without --expect N, so that they prepare memory for the SDK's default number of connections rather than for N")
+		python  = flag.String("python", "", "path of examples/pystreamer/pystreamer.py: also migrate to a Python streamer and back, reps times each (needs python3 3.11 or newer)")
 	)
 	flag.Parse()
+	if *python != "" {
+		dir, err := pythonBin(*bin, *python)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(2)
+		}
+		defer os.RemoveAll(dir)
+		*bin = dir
+	}
 	soft, hard, err := fdlimit.Raise()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -85,7 +100,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: N=%d needs %d descriptors in one process; the limit is %d\n", n, 2*n+64, soft)
 			os.Exit(2)
 		}
-		r, err := benchN(ctx, *bin, n, *reps, *fReps, *rate, *tick, *newRate, *verbose, *expDef)
+		r, err := benchN(ctx, *bin, n, *reps, *fReps, *rate, *tick, *newRate, *verbose, *expDef, *python != "")
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench N=%d FAILED: %v\n", n, err)
 			failed = true
@@ -103,7 +118,39 @@ func logf(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
-func benchN(ctx context.Context, bin string, n, reps, floorReps, rate int, tick time.Duration, newRate float64, verbose, expectDefault bool) (migRow, error) {
+// pythonBin makes a directory with the agent and the Go streamer of bin
+// and a pystreamer that runs script with python3, for harness.Env.
+func pythonBin(bin, script string) (string, error) {
+	abs, err := filepath.Abs(script)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("-python: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "handoff-bench-bin-")
+	if err != nil {
+		return "", err
+	}
+	for _, b := range []string{"nodeagent", "streamer"} {
+		src, err := filepath.Abs(filepath.Join(bin, b))
+		if err == nil {
+			err = os.Symlink(src, filepath.Join(dir, b))
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
+	}
+	sh := "#!/bin/sh\nexec python3 -u " + abs + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "pystreamer"), []byte(sh), 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+func benchN(ctx context.Context, bin string, n, reps, floorReps, rate int, tick time.Duration, newRate float64, verbose, expectDefault, python bool) (migRow, error) {
 	r := migRow{n: n}
 	logf("N=%d: measuring the SCM_RIGHTS floor (%d runs each of one and two hops)", n, floorReps)
 	fl, err := measureFloor(n, floorReps)
@@ -208,6 +255,11 @@ func benchN(ctx context.Context, bin string, n, reps, floorReps, rate int, tick 
 		}
 		cur, sess = next, nsess
 	}
+	if python {
+		if cur, sess, err = benchPython(ctx, env, adm, client, &r, cur, sess, reps, rate, tick); err != nil {
+			return r, err
+		}
+	}
 	r.stats = client.Stop()
 	if f := r.stats.Failures(); len(f) > 0 || r.stats.Alive != n {
 		return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
@@ -222,6 +274,67 @@ func benchN(ctx context.Context, bin string, n, reps, floorReps, rate int, tick 
 	}
 	r.baseResets, r.baseClosed, r.baseDown = base.Resets+base.Errors, base.Closed, base.downtime
 	return r, nil
+}
+
+// benchPython migrates reps times from the Go streamer to a Python one and
+// back, under the same clients, and records both pauses.
+func benchPython(ctx context.Context, env *harness.Env, adm *admin.Client, client *loadclient.Client, r *migRow, cur *harness.Proc, sess admin.Session, reps, rate int, tick time.Duration) (*harness.Proc, admin.Session, error) {
+	hop := func(label string, py bool) (time.Duration, error) {
+		var next *harness.Proc
+		var err error
+		if py {
+			next, err = env.Start(label, "pystreamer", "--addr", "127.0.0.1:0", "--socket", env.Socket(), "--rate", strconv.Itoa(rate),
+				"--tick", strconv.FormatFloat(tick.Seconds(), 'f', -1, 64), "--standby", "--standby-timeout", "120")
+		} else {
+			next, err = env.StartStreamer(harness.Streamer{Label: label, Addr: "127.0.0.1:0", Rate: rate, Tick: tick, Standby: true, Expect: r.n})
+		}
+		if err != nil {
+			return 0, err
+		}
+		nsess, err := adm.WaitSession(int32(next.Pid()), 20*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		if err := client.WaitAdvanced(ctx, client.Mark(), int64(rate)*int64(tick)/int64(time.Second)); err != nil {
+			return 0, err
+		}
+		mark := client.Mark()
+		res, err := adm.Migrate(admin.Request{From: sess.ID, To: nsess.ID}, nil)
+		if err != nil {
+			return 0, err
+		}
+		if res.Phase != "Completed" {
+			return 0, fmt.Errorf("migration to %s %s: %s: %s", label, res.Phase, res.Reason, res.Message)
+		}
+		if err := next.WaitServing(30 * time.Second); err != nil {
+			return 0, err
+		}
+		if err := cur.Wait(30 * time.Second); err != nil {
+			return 0, fmt.Errorf("old streamer: %w", err)
+		}
+		if err := client.WaitAdvanced(ctx, mark, 1); err != nil {
+			return 0, fmt.Errorf("streams did not resume in %s: %w", label, err)
+		}
+		if f := client.Snapshot().Failures(); len(f) > 0 {
+			return 0, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
+		}
+		logf("N=%d migration to %s: %d descriptors, pause %v, total %v", r.n, label,
+			res.Connections+res.Listeners+res.Packets, res.Pause().Round(time.Microsecond), res.Duration().Round(time.Microsecond))
+		cur, sess = next, nsess
+		return res.Pause(), nil
+	}
+	for i := 1; i <= reps; i++ {
+		p, err := hop(fmt.Sprintf("pystreamer-%d", i), true)
+		if err != nil {
+			return cur, sess, err
+		}
+		r.toPy = append(r.toPy, p)
+		if p, err = hop(fmt.Sprintf("streamer-back-%d", i), false); err != nil {
+			return cur, sess, err
+		}
+		r.fromPy = append(r.fromPy, p)
+	}
+	return cur, sess, nil
 }
 
 type baseStats struct {
@@ -330,8 +443,23 @@ func report(rows []migRow) {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%v\t\n", r.n, r.baseResets, r.baseClosed, r.baseDown.Round(time.Millisecond))
 	}
 	tw.Flush()
+	if len(rows) > 0 && len(rows[0].toPy) > 0 {
+		fmt.Println()
+		fmt.Println("With a Python streamer (examples/pystreamer), same run, same clients (medians):")
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "N\tfloor 2 hops\tGo → Go\tGo → Python\tPython → Go\t")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%v\t\n", r.n, r.floor.twoHop.Round(time.Microsecond), median(r.pauses).Round(time.Microsecond),
+				median(r.toPy).Round(time.Microsecond), median(r.fromPy).Round(time.Microsecond))
+		}
+		tw.Flush()
+	}
 	for _, r := range rows {
 		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
+		if len(r.toPy) > 0 {
+			fmt.Printf("N=%d all pauses Go → Python: %v\n", r.n, sorted(r.toPy))
+			fmt.Printf("N=%d all pauses Python → Go: %v\n", r.n, sorted(r.fromPy))
+		}
 		fmt.Printf("N=%d all resumed: %v\n", r.n, sorted(r.resumes))
 		// The floor moves from run to run on a shared machine, and the
 		// ratio with it: every run is shown, not only the median.
