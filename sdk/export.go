@@ -225,22 +225,26 @@ func (cb *copyBatch) add(kind uint8, key string, s copyable) error {
 	return nil
 }
 
+// drop closes the duplicates queued and not sent.
+func (cb *copyBatch) drop() {
+	wire.CloseAll(cb.fds)
+	cb.entries, cb.fds = cb.entries[:0], cb.fds[:0]
+}
+
 // send sends what is queued, and closes the duplicates.
 func (cb *copyBatch) send() error {
 	if len(cb.fds) == 0 {
 		return nil
 	}
 	x := cb.x
-	defer func() {
-		wire.CloseAll(cb.fds)
-		cb.entries, cb.fds = cb.entries[:0], cb.fds[:0]
-	}()
+	defer cb.drop()
 	var flags uint16
 	cb.body, flags = wire.AppendCopyBatch(cb.body[:0], cb.entries)
 	if err := x.send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: x.txid, Seq: x.copySeq}, Body: cb.body, FDs: cb.fds}); err != nil {
 		return err
 	}
 	x.copySeq++
+	step("copy-sent")
 	return x.tally.Batch(&wire.BatchInfo{Entries: cb.entries, Copy: true})
 }
 
@@ -272,6 +276,7 @@ func (x *exportTx) precopyAll() bool {
 	p.mu.Unlock()
 
 	cb := &copyBatch{x: x, entries: make([]wire.Entry, 0, wire.MaxFDs), fds: make([]int, 0, wire.MaxFDs)}
+	defer cb.drop() // duplicates not sent when the pre-copy stops early
 	err := func() error {
 		for _, l := range lns {
 			if err := cb.add(wire.KindListener, l.key, l); err != nil {

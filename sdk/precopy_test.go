@@ -263,3 +263,24 @@ func TestPrecopyAbortDropsCopies(t *testing.T) {
 		}
 	}
 }
+
+// TestPrecopyTargetCrash kills the target when the first copy batch
+// reaches it, while the source, slowed after each copy batch it sends, is
+// still copying: the source stops the pre-copy, keeps serving every
+// stream, and holds exactly the descriptors it held before (none of the
+// duplicates it took for the copies stays open).
+func TestPrecopyTargetCrash(t *testing.T) {
+	const streams = 700 // three copy batches
+	f := setupSource(t, streams, "STALL_AT=copy-sent:300ms")
+	dst := startStreamer(t, f.ta.socket, true, "CRASH_AT=batch")
+	ds := f.ta.join(t, dst.pid)
+	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFailed(t, res, wire.CodeTargetLost)
+	if res.Copies >= streams {
+		t.Fatalf("the source copied %d sockets: the crash came after the pre-copy, not during it", res.Copies)
+	}
+	f.checkSourceResumed(t)
+}
