@@ -1,12 +1,23 @@
 // Package server is the example streaming workload: an HTTP/1.1
 // "radio" server whose connections survive a handoff to a new process.
 //
-// GET /streams/NAME answers 200 with no length and then streams the body of
-// stream NAME (see examples/streamer/stream) forever, paced per connection. Any
-// other path gets 404, a method other than GET 405, a malformed request
-// 400; each of those is followed by a close. Requests are parsed by hand on
-// the raw net.Conn, not with net/http, so that a connection can be frozen
-// and handed over at any point, even in the middle of its request.
+// GET /streams/NAME answers 200 with no length and then streams the body
+// of stream NAME (see examples/streamer/stream) forever, paced per
+// connection. Any other path but /echo (below) gets 404, a method other
+// than GET 405, a malformed request 400; each of those is followed by a
+// close. Requests are parsed by hand on the raw net.Conn, not with
+// net/http, so that a connection can be frozen and handed over at any
+// point, even in the middle of its request.
+//
+// GET /echo answers 200 and then serves requests and responses, as a
+// websocket or MQTT server would: the client sends requests of exactly 16
+// bytes, and each is answered at once with the connection's sequence
+// number (0 for the first request) as 10 decimal digits, a space and the
+// 16 request bytes. The sequence number travels in the connection's
+// state, so a client can tell that across a handoff no request went
+// unanswered or was answered twice:
+//
+//	printf 'GET /echo HTTP/1.1\r\n\r\nhello, world 01\nhello, world 02\n' | nc 127.0.0.1 8080
 //
 // # Pacing
 //
