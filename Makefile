@@ -109,8 +109,8 @@ demo: build ## Live migrations of a streaming server under verifying clients, wi
 	$(BIN)/handoff-demo
 
 .PHONY: bench
-bench: build ## Benchmark the pause against the SCM_RIGHTS floor at N=1000 and N=5000.
-	$(BIN)/handoff-bench
+bench: build ## Pause, all resumed and request round trips against the SCM_RIGHTS floor at N=1000, 5000, 15000 (BENCH_ARGS=-reps 3).
+	$(BIN)/handoff-bench $(BENCH_ARGS)
 
 ##@ Test
 
