@@ -435,7 +435,7 @@ func report(rows []migRow, echoClients int, echoInterval time.Duration, targetMi
 	fmt.Println()
 	fmt.Printf("Targets (issue #12), medians over the migrations of each N; they apply at N >= %d:\n", targetMinN)
 	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "N\tpause <= 1x the 2-hop floor\tall resumed <= 2x the pause\tworst round trip during a migration <= pause + 5ms\t")
+	fmt.Fprintln(tw, "N\tpause <= 1x the 2-hop floor\tall resumed <= 2x the pause\tworst round trip during a migration <= pause + 5ms")
 	for _, r := range rows {
 		p, a, fl := median(r.pauses), median(r.resumes), r.floor.twoHop
 		verdict := func(got, limit time.Duration) string {
@@ -452,7 +452,7 @@ func report(rows []migRow, echoClients int, echoInterval time.Duration, targetMi
 		if echoClients > 0 {
 			worst = verdict(median(r.echo.worst), p+5*time.Millisecond)
 		}
-		fmt.Fprintf(tw, "%d\t%s (%.1fx; %.1fx the floor under load)\t%s\t%s\t\n", r.n, verdict(p, fl), float64(p)/float64(fl),
+		fmt.Fprintf(tw, "%d\t%s (%.1fx; %.1fx the floor under load)\t%s\t%s\n", r.n, verdict(p, fl), float64(p)/float64(fl),
 			float64(p)/float64(r.loadedFloor.twoHop), verdict(a, 2*p), worst)
 	}
 	tw.Flush()
