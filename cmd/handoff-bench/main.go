@@ -50,6 +50,7 @@ type migRow struct {
 	tick    time.Duration // the streams' pacing
 	pauses  []time.Duration
 	resumes []time.Duration // pause + until the target resumed every imported connection
+	starts  []time.Duration // of that, after the pause: until the target had handed every connection to its goroutine
 	totals  []time.Duration
 	stalls  []time.Duration
 	fds     int
@@ -267,7 +268,7 @@ func benchN(ctx context.Context, c benchConfig) (migRow, error) {
 		// and answers Serving; its goroutines then pick the connections
 		// up. This is how long that took, so that work moved after Ready
 		// shows.
-		after, err := resumedAfter(next)
+		after, started, err := resumedAfter(next)
 		if err != nil {
 			return r, err
 		}
@@ -282,6 +283,7 @@ func benchN(ctx context.Context, c benchConfig) (migRow, error) {
 		st := client.Snapshot()
 		r.pauses = append(r.pauses, res.Pause())
 		r.resumes = append(r.resumes, res.Pause()+after)
+		r.starts = append(r.starts, started)
 		r.totals = append(r.totals, res.Duration())
 		r.stalls = append(r.stalls, st.LongestStall)
 		r.fds = res.Connections + res.Listeners + res.Packets
@@ -371,19 +373,29 @@ func baseline(ctx context.Context, bin string, n, rate int, tick time.Duration, 
 }
 
 // resumedAfter reads the target's "resumed N imported connections D after
-// ready" line.
-func resumedAfter(p *harness.Proc) (time.Duration, error) {
+// ready (all started after S)" line: D, and S.
+func resumedAfter(p *harness.Proc) (after, started time.Duration, err error) {
 	l, err := p.Line("imported connections", 30*time.Second)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	f := strings.Fields(l)
 	for i, w := range f {
-		if w == "connections" && i+1 < len(f) {
-			return time.ParseDuration(f[i+1])
+		switch {
+		case w == "connections" && i+1 < len(f):
+			if after, err = time.ParseDuration(f[i+1]); err != nil {
+				return 0, 0, fmt.Errorf("%s: %q: %w", p.Name, l, err)
+			}
+		case w == "started" && i+2 < len(f) && f[i+1] == "after":
+			if started, err = time.ParseDuration(strings.TrimSuffix(f[i+2], ")")); err != nil {
+				return 0, 0, fmt.Errorf("%s: %q: %w", p.Name, l, err)
+			}
 		}
 	}
-	return 0, fmt.Errorf("%s: no duration in %q", p.Name, l)
+	if after == 0 {
+		return 0, 0, fmt.Errorf("%s: no duration in %q", p.Name, l)
+	}
+	return after, started, nil
 }
 
 func addrOf(p *harness.Proc) string {
@@ -417,6 +429,17 @@ func report(rows []migRow, echoClients int, echoInterval time.Duration, targetMi
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%d\t%v\t%v\t%.1fx\t\n", r.n, ms(r.loadedFloor.oneHop), ms(r.loadedFloor.twoHop),
 			float64(median(r.pauses))/float64(r.loadedFloor.twoHop))
+	}
+	tw.Flush()
+	fmt.Println()
+	fmt.Println("What all resumed is made of (medians): the pause; the target's import loop, which decodes each")
+	fmt.Println("connection's state, tracks it and starts its goroutine (those started run meanwhile, on the same")
+	fmt.Println("two cores); then the rest of those goroutines' first runs (a due chunk written, or parked):")
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "N\tpause\timport loop\trest of first runs\tall resumed\t")
+	for _, r := range rows {
+		p, a, st := median(r.pauses), median(r.resumes), median(r.starts)
+		fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%v\t\n", r.n, ms(p), ms(st), ms(max(a-p-st, 0)), ms(a))
 	}
 	tw.Flush()
 	if echoClients > 0 {
@@ -470,6 +493,7 @@ func report(rows []migRow, echoClients int, echoInterval time.Duration, targetMi
 	for _, r := range rows {
 		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
 		fmt.Printf("N=%d all resumed: %v\n", r.n, sorted(r.resumes))
+		fmt.Printf("N=%d all started after the pause: %v\n", r.n, sorted(r.starts))
 		if echoClients > 0 {
 			fmt.Printf("N=%d worst round trip per migration: %v\n", r.n, sorted(r.echo.worst))
 		}

@@ -99,6 +99,11 @@ type Info struct {
 	Addr      net.Addr // the bound listen address
 	Inherited bool     // this process received a handoff
 	Imported  int      // connections received with it
+	// Started is how long after the handoff completed (Ready returned)
+	// every imported connection had been decoded, tracked and handed to
+	// its goroutine: the part of OnResumed's wait spent before any of
+	// them could run.
+	Started time.Duration
 }
 
 // Summary counts what a server did, reported when Run ends.
@@ -184,10 +189,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	s.importConns(imported)
+	started := time.Since(readyAt)
 	s.pool = nil
 	pool.close()
 	if cfg.OnReady != nil {
-		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported)})
+		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported), Started: started})
 	}
 	if s.onResumed != nil {
 		s.onResumed()
