@@ -151,6 +151,13 @@ func floorChild(role string) {
 			if err != nil {
 				die(err)
 			}
+			// Reset rather than close: a run leaves no TIME_WAIT
+			// sockets behind, which would otherwise hold up to the
+			// kernel's 131072 for a minute (every floor run opens N
+			// connections) while the streams are opened next.
+			if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+				die(err)
+			}
 			keep = append(keep, c)
 		}
 		fmt.Println("connected")
