@@ -112,10 +112,14 @@ demo: build ## Live migrations of a streaming server under verifying clients, wi
 bench: build ## Pause, all resumed and request round trips against the SCM_RIGHTS floor at N=1000, 5000, 15000 (BENCH_ARGS=-reps 3).
 	$(BIN)/handoff-bench $(BENCH_ARGS)
 
+.PHONY: bench-python
+bench-python: build ## The benchmark, plus migrations to a Python streamer and back (python3 3.11+).
+	$(BIN)/handoff-bench -n 1000,5000 -python examples/pystreamer/pystreamer.py
+
 ##@ Test
 
 .PHONY: test
-test: lint verify-generated envtest-bins test-race test-chart ## All unit and integration tests, race detector on (safe on a laptop).
+test: lint verify-generated envtest-bins test-race test-chart test-python ## All unit and integration tests, race detector on (safe on a laptop).
 
 .PHONY: test-unit
 test-unit: ## The fast unit layer only (no race detector, short mode).
@@ -124,6 +128,12 @@ test-unit: ## The fast unit layer only (no race detector, short mode).
 .PHONY: test-race
 test-race:
 	KUBEBUILDER_ASSETS=$(KUBEBUILDER_ASSETS) $(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# The Python SDK's unit tests (stdlib unittest; python3 3.11 or newer). Its
+# interop tests against the Go agent and streamer are test/interop, in test-race.
+.PHONY: test-python
+test-python: ## The Python SDK's unit tests (python3 -m unittest).
+	python3 -m unittest discover -s sdk/python/tests -t sdk/python -v
 
 .PHONY: test-e2e
 test-e2e: test-e2e-host test-e2e-cluster ## End-to-end: the built binaries on this host, then the real-cluster suite.

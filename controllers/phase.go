@@ -49,7 +49,7 @@ func summarize(st *v1alpha1.MigrationStatus) summary {
 		}
 		return summary{v1alpha1.PhasePending, metav1.ConditionUnknown, val.Reason, val.Message}
 	}
-	return summary{v1alpha1.PhasePending, metav1.ConditionUnknown, "Pending", "waiting for the controller to validate the pods"}
+	return summary{v1alpha1.PhasePending, metav1.ConditionUnknown, v1alpha1.ReasonPending, "waiting for the controller to validate the pods"}
 }
 
 // permanent reports whether a validation failure cannot go away by

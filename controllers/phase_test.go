@@ -29,7 +29,7 @@ func TestSummarize(t *testing.T) {
 		status metav1.ConditionStatus
 		reason string
 	}{
-		{"nothing yet", "", nil, v1alpha1.PhasePending, U, "Pending"},
+		{"nothing yet", "", nil, v1alpha1.PhasePending, U, v1alpha1.ReasonPending},
 		{"pod missing fails at once", "", []metav1.Condition{cond(v1alpha1.ConditionValidated, F, v1alpha1.ReasonSourcePodNotFound)}, v1alpha1.PhaseFailed, F, v1alpha1.ReasonSourcePodNotFound},
 		{"netns fails at once", "", []metav1.Condition{cond(v1alpha1.ConditionValidated, F, v1alpha1.ReasonNetworkNamespaceNotShared)}, v1alpha1.PhaseFailed, F, v1alpha1.ReasonNetworkNamespaceNotShared},
 		{"pod not running waits", "", []metav1.Condition{cond(v1alpha1.ConditionValidated, F, v1alpha1.ReasonPodNotRunning)}, v1alpha1.PhasePending, U, v1alpha1.ReasonPodNotRunning},

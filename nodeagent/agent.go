@@ -288,13 +288,18 @@ func (s *session) String() string {
 }
 
 func (s *session) send(t wire.Type, txid uint64, body []byte, fds []int) error {
+	return s.sendFlags(t, 0, txid, body, fds)
+}
+
+// sendFlags is send with header flags.
+func (s *session) sendFlags(t wire.Type, flags uint16, txid uint64, body []byte, fds []int) error {
 	if t != wire.TypeWelcome && s.welcomed != nil {
 		<-s.welcomed // a Begin or Prepare must never overtake the Welcome
 	}
-	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, TxID: txid}, Body: body, FDs: fds})
+	return s.conn.Send(wire.Msg{Header: wire.Header{Type: t, Flags: flags, TxID: txid}, Body: body, FDs: fds})
 }
 
-func (s *session) sendError(code uint32, reason string) {
+func (s *session) sendError(code wire.Code, reason string) {
 	_ = s.send(wire.TypeError, 0, wire.Failure{Code: code, Reason: reason}.Marshal(), nil)
 }
 
@@ -453,7 +458,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 // peer can act on (speak an older version), so it gets CodeVersion, as a
 // hello with no common version does, rather than the generic
 // CodeMalformed.
-func recvErrorCode(err error) uint32 {
+func recvErrorCode(err error) wire.Code {
 	if errors.Is(err, wire.ErrVersion) {
 		return wire.CodeVersion
 	}

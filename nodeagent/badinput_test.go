@@ -102,7 +102,7 @@ type badCase struct {
 	msg func(p *fdProbe) ([]byte, []int)
 	// code is what the agent's Error must carry; 0 means it closes the
 	// connection without one.
-	code uint32
+	code wire.Code
 	// stays says the session survives the refusal.
 	stays bool
 }
@@ -230,7 +230,7 @@ func TestBadInput(t *testing.T) {
 			if tc.code != 0 {
 				f := recvFailure(t, c, wire.TypeError, tc.code)
 				if f.Reason == "" {
-					t.Errorf("Error %s carries no reason", wire.CodeName(f.Code))
+					t.Errorf("Error %s carries no reason", f.Code)
 				}
 				t.Logf("refused: %s", f)
 			}

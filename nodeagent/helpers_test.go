@@ -221,7 +221,7 @@ func recvType(t *testing.T, c *wire.Conn, typ wire.Type) wire.Msg {
 }
 
 // recvFailure receives an Error or Abort and checks its code.
-func recvFailure(t *testing.T, c *wire.Conn, typ wire.Type, code uint32) wire.Failure {
+func recvFailure(t *testing.T, c *wire.Conn, typ wire.Type, code wire.Code) wire.Failure {
 	t.Helper()
 	m := recvType(t, c, typ)
 	m.CloseFDs()
@@ -230,7 +230,7 @@ func recvFailure(t *testing.T, c *wire.Conn, typ wire.Type, code uint32) wire.Fa
 		t.Fatalf("%v body: %v", typ, err)
 	}
 	if f.Code != code {
-		t.Fatalf("%v with code %s (%q), want %s", typ, wire.CodeName(f.Code), f.Reason, wire.CodeName(code))
+		t.Fatalf("%v with code %s (%q), want %s", typ, f.Code, f.Reason, code)
 	}
 	return f
 }

@@ -51,7 +51,7 @@ func runChild(role string) int {
 		if err != nil {
 			var f wire.Failure
 			if errors.As(err, &f) {
-				fmt.Printf("REFUSED code=%s reason=%q\n", wire.CodeName(f.Code), f.Reason)
+				fmt.Printf("REFUSED code=%s reason=%q\n", f.Code, f.Reason)
 				return 0
 			}
 			fmt.Printf("FAIL err=%q\n", err.Error())

@@ -59,7 +59,7 @@ func (e *stored) discard(a *Agent, why string) {
 	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
 		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
 	if e.delivered != nil {
-		e.delivered(admin.Result{Phase: PhaseFailed, Reason: "NotClaimed", Message: fmt.Sprintf("stored descriptors closed: %s", why),
+		e.delivered(admin.Result{Phase: PhaseFailed, Code: wire.CodeNotClaimed, Reason: wire.CodeNotClaimed.String(), Message: fmt.Sprintf("stored descriptors closed: %s", why),
 			Listeners: int(e.sum.Listeners), Connections: int(e.sum.Conns), Packets: int(e.sum.Packets)})
 	}
 }
@@ -202,7 +202,16 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 var errPairClosed = errors.New("pair closed")
 
 // collect runs a source → store transaction; the agent plays the target
-// on the pair.
+// on the pair. collector holds its state; run reads top-down: prepare,
+// then one method per event until the store holds everything or it failed.
+func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string), beforeReady func() error) (admin.Result, *stored) {
+	c := &collector{t: t, src: src, progress: progress, beforeReady: beforeReady, timeout: timeout,
+		start: time.Now(), res: admin.Result{TxID: t.id, From: src.id},
+		e: &stored{key: storeKey{src.name, src.peer.UID, src.ident.PodUID}}}
+	return c.run(what)
+}
+
+// collector is a source → store transaction.
 //
 // Once the agent has sent Ready, the source may let go at any moment: its
 // Commit can be on its way whatever the agent decides meanwhile. From
@@ -214,182 +223,250 @@ var errPairClosed = errors.New("pair closed")
 // side: a Commit already queued is still read and honoured, and a later
 // one fails at the source, which then keeps serving.
 //
+//	event            before Ready (exported false)             after Ready
+//	source Batch     check, count, keep                        ask the source to abort (UnexpectedMessage)
+//	source Exported  check; BeforeReady; Ready on the pair     -
+//	source Abort     failed with its reason                    (its word follows on the pair)
+//	source gone      SourceLost                                (the pair tells)
+//	word on the pair -                                         Commit or close: stored; Abort: failed
+//	deadline         Abort to the source: DeadlineExceeded     ask the source to abort
+//	grace ends       -                                         shut the pair's read side
+//
 // The result's pause runs from the source's freeze to its letting go as
 // the agent saw it; the delivery to a claimant reports the whole pause,
 // up to the claimant serving.
-func (t *txn) collect(src *session, what uint32, timeout time.Duration, progress func(phase, msg string), beforeReady func() error) (admin.Result, *stored) {
-	start := time.Now()
-	res := admin.Result{TxID: t.id, From: src.id}
-	e := &stored{key: storeKey{src.name, src.peer.UID, src.ident.PodUID}}
-	fail := func(f *wire.Failure) (admin.Result, *stored) {
-		for i := range e.batches {
-			e.batches[i].CloseFDs()
-		}
-		setState(src, "active")
-		return t.result(res, start, f, nil, 0, 0), nil
-	}
+type collector struct {
+	t           *txn
+	src         *session
+	progress    func(phase, msg string)
+	beforeReady func() error
+	timeout     time.Duration
+	start       time.Time
+	res         admin.Result
+	e           *stored
+	pair        *wire.Conn
+
+	rc relayCounter
+	// word, once Ready is sent, brings the source's word on the pair: nil
+	// for Commit, errPairClosed, or why it aborted.
+	word  chan error
+	letGo uint64        // when word came (CLOCK_MONOTONIC, like the source's freeze stamp)
+	cause *wire.Failure // why the agent asked the source to abort after Ready
+	grace <-chan time.Time
+	shut  bool // the agent shut the pair's read side: the source can no longer commit
+}
+
+// outcome is how an event ended the transaction: stored, or failed.
+type outcome struct {
+	res admin.Result
+	e   *stored
+}
+
+func (c *collector) run(what uint32) (admin.Result, *stored) {
+	t, src := c.t, c.src
 	pa, pb, err := wire.Pair()
 	if err != nil {
-		return fail(failure(wire.CodeInternal, "%v", err))
+		return c.fail(failure(wire.CodeInternal, "%v", err))
 	}
-	pair, err := wire.FromFD(pb, "handoff-pair")
+	c.pair, err = wire.FromFD(pb, "handoff-pair")
 	if err != nil {
 		wire.CloseAll([]int{pa})
-		return fail(failure(wire.CodeInternal, "%v", err))
+		return c.fail(failure(wire.CodeInternal, "%v", err))
 	}
-	defer pair.Close()
-	tms := uint32(timeout / time.Millisecond)
+	defer c.pair.Close()
 	setState(src, "storing")
-	progress("Preparing", fmt.Sprintf("asking %v to freeze and export to the agent's store", src))
-	err = src.send(wire.TypePrepare, t.id, wire.Prepare{What: what, TimeoutMS: tms}.Marshal(), []int{pa})
+	c.progress("Preparing", fmt.Sprintf("asking %v to freeze and export to the agent's store", src))
+	err = src.send(wire.TypePrepare, t.id, wire.Prepare{What: what, TimeoutMS: uint32(c.timeout / time.Millisecond)}.Marshal(), []int{pa})
 	wire.CloseAll([]int{pa})
 	if err != nil {
-		return fail(failure(wire.CodeSourceLost, "send prepare to %v: %v", src, err))
+		return c.fail(failure(wire.CodeSourceLost, "send prepare to %v: %v", src, err))
 	}
-	deadline := time.NewTimer(timeout)
+	deadline := time.NewTimer(c.timeout)
 	defer deadline.Stop()
-	var (
-		rc relayCounter
-		// word, once Ready is sent, brings the source's word on the
-		// pair: nil for Commit, errPairClosed, or why it aborted.
-		word  chan error
-		letGo uint64        // when word came (CLOCK_MONOTONIC, like the source's freeze stamp)
-		cause *wire.Failure // why the agent asked the source to abort after Ready
-		grace <-chan time.Time
-		shut  bool // the agent shut the pair's read side: the source can no longer commit
-	)
-	abort := func(f *wire.Failure) (admin.Result, *stored) {
-		_ = src.send(wire.TypeAbort, t.id, f.Marshal(), nil)
-		return fail(f)
-	}
-	// askAbort is abort after Ready: the source decides.
-	askAbort := func(f *wire.Failure) {
-		if cause != nil {
-			return
-		}
-		cause = f
-		t.log.Info("asking the source to abort after the store was ready; its word on the pair decides", "reason", f.Reason)
-		_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: f.Marshal()})
-		_ = src.send(wire.TypeAbort, t.id, f.Marshal(), nil)
-		grace = time.After(finalWordGrace)
-	}
 	for {
+		var o *outcome
 		select {
 		case ev := <-t.events:
 			if ev.err != nil {
-				if word != nil {
-					continue // exported: the pair tells the outcome
-				}
-				return fail(failure(wire.CodeSourceLost, "source %v went away before exporting everything: %v", src, ev.err))
+				o = c.sourceGone(ev.err)
+			} else {
+				o = c.fromSource(ev.msg)
 			}
-			m := ev.msg
-			if word != nil {
-				m.CloseFDs()
-				switch m.Type {
-				case wire.TypeAbort, wire.TypeCommitted:
-					// The same decision follows, or came, on the pair.
-				default:
-					askAbort(failure(wire.CodeUnexpected, "source sent %v after the store was ready", m.Type))
-				}
-				continue
-			}
+		case err := <-c.word:
+			o = c.onWord(err)
+		case <-deadline.C:
+			o = c.deadline()
+		case <-c.grace:
+			c.graceOver()
+		}
+		if o != nil {
+			return o.res, o.e
+		}
+	}
+}
+
+// fail drops what was collected and reports f.
+func (c *collector) fail(f *wire.Failure) (admin.Result, *stored) {
+	for i := range c.e.batches {
+		c.e.batches[i].CloseFDs()
+	}
+	setState(c.src, "active")
+	return c.t.result(c.res, c.start, f, nil, 0, 0), nil
+}
+
+func (c *collector) failed(f *wire.Failure) *outcome {
+	res, e := c.fail(f)
+	return &outcome{res, e}
+}
+
+// abort tells the source, before Ready, and fails.
+func (c *collector) abort(f *wire.Failure) *outcome {
+	_ = c.src.send(wire.TypeAbort, c.t.id, f.Marshal(), nil)
+	return c.failed(f)
+}
+
+// askAbort is abort after Ready: the source decides.
+func (c *collector) askAbort(f *wire.Failure) {
+	if c.cause != nil {
+		return
+	}
+	c.cause = f
+	c.t.log.Info("asking the source to abort after the store was ready; its word on the pair decides", "reason", f.Reason)
+	_ = c.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: c.t.id}, Body: f.Marshal()})
+	_ = c.src.send(wire.TypeAbort, c.t.id, f.Marshal(), nil)
+	c.grace = time.After(finalWordGrace)
+}
+
+func (c *collector) sourceGone(err error) *outcome {
+	if c.word != nil {
+		return nil // exported: the pair tells the outcome
+	}
+	return c.failed(failure(wire.CodeSourceLost, "source %v went away before exporting everything: %v", c.src, err))
+}
+
+func (c *collector) fromSource(m wire.Msg) *outcome {
+	if c.word != nil {
+		m.CloseFDs()
+		switch m.Type {
+		case wire.TypeAbort, wire.TypeCommitted:
+			// The same decision follows, or came, on the pair.
+		default:
+			c.askAbort(failure(wire.CodeUnexpected, "source sent %v after the store was ready", m.Type))
+		}
+		return nil
+	}
+	switch m.Type {
+	case wire.TypeBatch:
+		if err := c.rc.checkBatch(m); err != nil {
+			m.CloseFDs()
+			return c.abort(failure(wire.CodeMalformed, "source sent a bad batch: %v", err))
+		}
+		c.e.batches = append(c.e.batches, m)
+		c.t.a.m.fdsMoved.Add(float64(len(m.FDs)))
+	case wire.TypeExported:
+		return c.exported(m)
+	case wire.TypeAbort:
+		m.CloseFDs()
+		var f wire.Failure
+		_ = f.Unmarshal(m.Body)
+		return c.failed(&f)
+	case wire.TypeCommitted:
+		m.CloseFDs()
+	default:
+		m.CloseFDs()
+		return c.abort(failure(wire.CodeUnexpected, "source sent %v while storing", m.Type))
+	}
+	return nil
+}
+
+// exported checks the source's totals, runs BeforeReady, and tells the
+// source the store is ready; its word on the pair then decides.
+func (c *collector) exported(m wire.Msg) *outcome {
+	if err := c.e.sum.Unmarshal(m.Body); err != nil {
+		return c.abort(failure(wire.CodeMalformed, "bad exported: %v", err))
+	}
+	if err := c.rc.matches(c.e.sum); err != nil {
+		return c.abort(failure(wire.CodeMalformed, "bad exported: %v", err))
+	}
+	if c.beforeReady != nil {
+		if err := c.beforeReady(); err != nil {
+			return c.abort(failure(wire.CodeCancelled, "before the source let go: %v", err))
+		}
+	}
+	if err := c.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: c.t.id}, Body: c.e.sum.Marshal()}); err != nil {
+		// The source closed its end: it aborted, and its Abort waits on
+		// the pair, or it died after exporting everything (a container
+		// killed right after its image was patched), and then the agent
+		// holds the only copies. Reading the pair tells which.
+		c.t.log.Info("could not tell the source the store is ready; reading what it left on the pair", "error", err.Error())
+	}
+	c.word = make(chan error, 1)
+	go func() {
+		m, err := c.pair.Recv()
+		if err == nil {
+			m.CloseFDs()
 			switch m.Type {
-			case wire.TypeBatch:
-				if err := rc.check(m); err != nil {
-					m.CloseFDs()
-					return abort(failure(wire.CodeMalformed, "source sent a bad batch: %v", err))
-				}
-				e.batches = append(e.batches, m)
-				t.a.m.fdsMoved.Add(float64(len(m.FDs)))
-			case wire.TypeExported:
-				if err := e.sum.Unmarshal(m.Body); err != nil {
-					return abort(failure(wire.CodeMalformed, "bad exported: %v", err))
-				}
-				if err := rc.matches(e.sum); err != nil {
-					return abort(failure(wire.CodeMalformed, "bad exported: %v", err))
-				}
-				if beforeReady != nil {
-					if err := beforeReady(); err != nil {
-						return abort(failure(wire.CodeCancelled, "before the source let go: %v", err))
-					}
-				}
-				if err := pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeReady, TxID: t.id}, Body: e.sum.Marshal()}); err != nil {
-					// The source closed its end: it aborted, and its Abort
-					// waits on the pair, or it died after exporting
-					// everything (a container killed right after its image
-					// was patched), and then the agent holds the only
-					// copies. Reading the pair tells which.
-					t.log.Info("could not tell the source the store is ready; reading what it left on the pair", "error", err.Error())
-				}
-				word = make(chan error, 1)
-				go func() {
-					m, err := pair.Recv()
-					if err == nil {
-						m.CloseFDs()
-						switch m.Type {
-						case wire.TypeCommit:
-						case wire.TypeAbort:
-							var f wire.Failure
-							_ = f.Unmarshal(m.Body)
-							err = f
-						default:
-							err = fmt.Errorf("%v on the pair", m.Type)
-						}
-					} else if errors.Is(err, wire.ErrClosed) {
-						err = errPairClosed
-					}
-					letGo = wire.Monotonic()
-					word <- err
-				}()
+			case wire.TypeCommit:
 			case wire.TypeAbort:
-				m.CloseFDs()
 				var f wire.Failure
 				_ = f.Unmarshal(m.Body)
-				return fail(&f)
-			case wire.TypeCommitted:
-				m.CloseFDs()
+				err = f
 			default:
-				m.CloseFDs()
-				return abort(failure(wire.CodeUnexpected, "source sent %v while storing", m.Type))
+				err = fmt.Errorf("%v on the pair", m.Type)
 			}
-		case err := <-word:
-			switch {
-			case errors.Is(err, errPairClosed) && shut:
-				cause.Reason += "; the source did not answer in time"
-				return fail(cause)
-			case err != nil && !errors.Is(err, errPairClosed):
-				if cause != nil {
-					return fail(cause)
-				}
-				return fail(failure(wire.CodeExport, "source aborted: %v", err))
-			}
-			// Committed, or exited after exporting: either way the
-			// source let go, and the agent's are the only copies.
-			if cause != nil {
-				t.log.Info("the source let go before it heard the abort: keeping its descriptors", "abortReason", cause.Reason)
-			}
-			setState(src, "moved")
-			res.Listeners, res.Connections, res.Packets = int(rc.sum.Listeners), int(rc.sum.Conns), int(rc.sum.Packets)
-			res.Batches, res.StateBytes = int(rc.sum.Batches), rc.sum.StateBytes
-			progress("Stored", fmt.Sprintf("holding %d descriptors", e.fds()))
-			return t.result(res, start, nil, &e.sum, letGo, 0), e
-		case <-deadline.C:
-			f := failure(wire.CodeDeadline, "deadline of %v passed while storing", timeout)
-			if word == nil {
-				// Before Ready the source cannot have let go.
-				_ = pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: t.id}, Body: f.Marshal()})
-				return abort(f)
-			}
-			askAbort(f)
-		case <-grace:
-			grace, shut = nil, true
-			if err := pair.Unix().CloseRead(); err != nil {
-				// Closing unblocks the reader too; a queued Commit is
-				// lost with it, but there is no other way to end the wait.
-				t.log.Error(err, "shut the read side of the pair")
-				pair.Close()
-			}
+		} else if errors.Is(err, wire.ErrClosed) {
+			err = errPairClosed
 		}
+		c.letGo = wire.Monotonic()
+		c.word <- err
+	}()
+	return nil
+}
+
+// onWord is the source's word on the pair after Ready.
+func (c *collector) onWord(err error) *outcome {
+	switch {
+	case errors.Is(err, errPairClosed) && c.shut:
+		c.cause.Reason += "; the source did not answer in time"
+		return c.failed(c.cause)
+	case err != nil && !errors.Is(err, errPairClosed):
+		if c.cause != nil {
+			return c.failed(c.cause)
+		}
+		return c.failed(failure(wire.CodeExport, "source aborted: %v", err))
+	}
+	// Committed, or exited after exporting: either way the source let
+	// go, and the agent's are the only copies.
+	if c.cause != nil {
+		c.t.log.Info("the source let go before it heard the abort: keeping its descriptors", "abortReason", c.cause.Reason)
+	}
+	setState(c.src, "moved")
+	got := c.rc.Summary()
+	c.res.Listeners, c.res.Connections, c.res.Packets = int(got.Listeners), int(got.Conns), int(got.Packets)
+	c.res.Batches, c.res.StateBytes = int(got.Batches), got.StateBytes
+	c.progress("Stored", fmt.Sprintf("holding %d descriptors", c.e.fds()))
+	return &outcome{c.t.result(c.res, c.start, nil, &c.e.sum, c.letGo, 0), c.e}
+}
+
+func (c *collector) deadline() *outcome {
+	f := failure(wire.CodeDeadline, "deadline of %v passed while storing", c.timeout)
+	if c.word == nil {
+		// Before Ready the source cannot have let go.
+		_ = c.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: c.t.id}, Body: f.Marshal()})
+		return c.abort(f)
+	}
+	c.askAbort(f)
+	return nil
+}
+
+// graceOver shuts the pair's read side: the source had its time.
+func (c *collector) graceOver() {
+	c.grace, c.shut = nil, true
+	if err := c.pair.Unix().CloseRead(); err != nil {
+		// Closing unblocks the reader too; a queued Commit is lost with
+		// it, but there is no other way to end the wait.
+		c.t.log.Error(err, "shut the read side of the pair")
+		c.pair.Close()
 	}
 }
 

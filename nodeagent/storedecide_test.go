@@ -97,7 +97,7 @@ func TestStoreDeadlineAfterReady(t *testing.T) {
 				}
 				return
 			}
-			if res.Phase != nodeagent.PhaseFailed || res.Reason != wire.CodeName(wire.CodeDeadline) {
+			if res.Phase != nodeagent.PhaseFailed || res.Code != wire.CodeDeadline {
 				t.Fatalf("store result %+v: want Failed for the deadline", res)
 			}
 			if err == nil {

@@ -134,9 +134,9 @@ func TestBadBatchInTransaction(t *testing.T) {
 		// bad sends the batches; the probes' write ends are the
 		// descriptors to send.
 		bad func(t *testing.T, c *wire.Conn, txid uint64, p1, p2 *fdProbe)
-		// reason is the result's reason; closed says the agent closes
-		// the session (with an Error), else it sends the source Abort.
-		reason string
+		// code is the result's code; closed says the agent closes the
+		// session (with an Error), else it sends the source Abort.
+		code   wire.Code
 		closed bool
 	}{
 		{
@@ -145,7 +145,7 @@ func TestBadBatchInTransaction(t *testing.T) {
 				b := listenerBatch(2)
 				sendRaw(t, c, frame(honest(wire.TypeBatch, txid, b, 2), b), unix.UnixRights(p1.w))
 			},
-			reason: "SourceLost", closed: true,
+			code: wire.CodeSourceLost, closed: true,
 		},
 		{
 			name: "descriptors the header does not announce",
@@ -153,21 +153,21 @@ func TestBadBatchInTransaction(t *testing.T) {
 				b := listenerBatch(2)
 				sendRaw(t, c, frame(honest(wire.TypeBatch, txid, b, 0), b), unix.UnixRights(p1.w, p2.w))
 			},
-			reason: "SourceLost", closed: true,
+			code: wire.CodeSourceLost, closed: true,
 		},
 		{
 			name: "body describes fewer descriptors than arrive",
 			bad: func(t *testing.T, c *wire.Conn, txid uint64, p1, p2 *fdProbe) {
 				send(t, c, wire.TypeBatch, txid, listenerBatch(1), p1.w, p2.w)
 			},
-			reason: "Malformed",
+			code: wire.CodeMalformed,
 		},
 		{
 			name: "body describes more descriptors than arrive",
 			bad: func(t *testing.T, c *wire.Conn, txid uint64, p1, _ *fdProbe) {
 				send(t, c, wire.TypeBatch, txid, listenerBatch(3), p1.w)
 			},
-			reason: "Malformed",
+			code: wire.CodeMalformed,
 		},
 		{
 			name: "a good batch, then one out of sequence",
@@ -177,7 +177,7 @@ func TestBadBatchInTransaction(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			reason: "Malformed",
+			code: wire.CodeMalformed,
 		},
 		{
 			name: "a good batch, then an exported that does not add up",
@@ -185,7 +185,7 @@ func TestBadBatchInTransaction(t *testing.T) {
 				send(t, c, wire.TypeBatch, txid, listenerBatch(1), p1.w)
 				send(t, c, wire.TypeExported, txid, wire.Summary{Listeners: 2, Batches: 1}.Marshal())
 			},
-			reason: "Malformed",
+			code: wire.CodeMalformed,
 		},
 	}
 	for _, tc := range cases {
@@ -206,8 +206,8 @@ func TestBadBatchInTransaction(t *testing.T) {
 				t.Logf("source told: %s", f)
 			}
 			res := waitStore(t, done)
-			if res.Phase != nodeagent.PhaseFailed || res.Reason != tc.reason || res.Message == "" {
-				t.Fatalf("store result %+v: want Failed with reason %s and a message", res, tc.reason)
+			if res.Phase != nodeagent.PhaseFailed || res.Code != tc.code || res.Message == "" {
+				t.Fatalf("store result %+v: want Failed with code %s and a message", res, tc.code)
 			}
 			t.Logf("store failed: %s: %s", res.Reason, res.Message)
 			p1.expectReleased(t)

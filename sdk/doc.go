@@ -4,11 +4,17 @@
 //
 // The old process (the source) and the new one (the target) both talk to
 // the handoff node agent over a unix socket. When the agent runs a
-// migration, the source stops accepting, stops the I/O of every tracked
-// connection at a safe point, and sends the descriptors and one state
-// record per connection; the agent relays them to the target; the target
-// rebuilds its listeners and connections and says it is ready; the source
-// closes its copies and the target carries on. Until the source commits,
+// migration, the source first sends a copy of every listening socket and
+// tracked connection while it still serves (the pre-copy); the target
+// holds the copies without touching them. Then the source stops
+// accepting, stops the I/O of every tracked connection at a safe point,
+// and sends one state record per connection (and the descriptors of
+// connections tracked since the copy); the agent relays everything to the
+// target; the target pairs the states with the copies it holds and says it
+// is ready; the source closes its copies and the target carries on. Only
+// the second half is a pause for the clients. (With an agent or a peer of
+// protocol version 1 or 2, there is no pre-copy: descriptors and states
+// both travel inside the pause.) Until the source commits,
 // any failure (target crash, agent crash, deadline, EMFILE, a bad message)
 // aborts: the target drops what it got and the source resumes exactly as
 // before, because it never closed anything.
@@ -51,6 +57,21 @@
 // it; the SDK closes this process's copy, which does not affect the
 // socket). Never shut a moved connection down: shutdown acts on the socket,
 // not on this process's copy.
+//
+// End a tracked connection with Tracked.Close, which shuts it down before
+// closing it. During a pre-copy the new process holds a copy of the
+// descriptor, and a plain close in this process would not end the
+// connection (the kernel ends a socket when its last descriptor closes)
+// until the migration drops that copy, a few milliseconds to the
+// migration's deadline later. An application that closes connections
+// itself must call CloseRead and CloseWrite (shutdown) first. Untrack
+// keeps a connection in this process and open.
+//
+// When the agent restarts (a crash, an upgrade), the process keeps
+// serving exactly as before and joins the new agent on its own, with a
+// jittered backoff from 100 ms up to 5 s between attempts; a migration
+// running at that moment is called off first, as for any lost agent. It
+// is migratable again once it has joined (SessionID changes).
 //
 // A process stopped during a migration (SIGTERM from kubelet) may Close its
 // Process and exit: before everything was exported the migration is called

@@ -4,98 +4,44 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/handoff-dev/handoff/wire"
 )
 
-// startControl runs the loop that answers the agent: Prepare starts an
-// outgoing migration, Abort calls it off.
-func (p *Process) startControl() {
-	p.mu.Lock()
-	if p.agent == nil || p.controlRun {
-		p.mu.Unlock()
-		return
-	}
-	p.controlRun = true
-	p.mu.Unlock()
-	go p.control()
-}
-
-func (p *Process) control() {
-	for {
-		m, err := p.agent.Recv()
-		if err != nil {
-			p.mu.Lock()
-			gone := p.agentGone
-			p.agentGone = true
-			x := p.export
-			p.mu.Unlock()
-			if x != nil {
-				x.agentEvent(wire.Failure{Code: wire.CodeAgentClosed, Reason: fmt.Sprintf("lost the agent: %v", err)})
-			}
-			if !gone {
-				p.logf("lost the agent (%v); serving on, but this process can no longer be migrated", err)
-			}
-			return
-		}
-		switch m.Type {
-		case wire.TypePrepare:
-			p.onPrepare(m)
-		case wire.TypeAbort:
-			m.CloseFDs()
-			var f wire.Failure
-			if err := f.Unmarshal(m.Body); err != nil {
-				f = wire.Failure{Code: wire.CodeMalformed, Reason: err.Error()}
-			}
-			p.mu.Lock()
-			x := p.export
-			p.mu.Unlock()
-			if x != nil && x.txid == m.TxID {
-				x.agentEvent(f)
-			}
-		case wire.TypeError:
-			m.CloseFDs()
-			var f wire.Failure
-			_ = f.Unmarshal(m.Body)
-			p.logf("agent reported an error: %v", f)
-		default:
-			m.CloseFDs()
-			p.logf("ignored unexpected %v message from the agent", m.Type)
-		}
-	}
-}
-
-func (p *Process) refuse(txid uint64, code uint32, reason string) {
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: txid}, Body: wire.Failure{Code: code, Reason: reason}.Marshal()})
-}
-
-func (p *Process) onPrepare(m wire.Msg) {
+// onPrepare starts an outgoing migration asked for on the agent session c.
+func (p *Process) onPrepare(c *wire.Conn, m wire.Msg) {
 	var prep wire.Prepare
 	if err := prep.Unmarshal(m.Body); err != nil || len(m.FDs) != 1 {
 		m.CloseFDs()
-		p.refuse(m.TxID, wire.CodeMalformed, fmt.Sprintf("prepare with %d descriptors: %v", len(m.FDs), err))
+		refuse(c, m.TxID, wire.CodeMalformed, fmt.Sprintf("prepare with %d descriptors: %v", len(m.FDs), err))
 		return
 	}
 	pair, err := wire.FromFD(m.FDs[0], "handoff-pair")
 	if err != nil {
-		p.refuse(m.TxID, wire.CodeMalformed, err.Error())
+		refuse(c, m.TxID, wire.CodeMalformed, err.Error())
 		return
 	}
 	p.mu.Lock()
 	if p.moved || p.export != nil {
 		p.mu.Unlock()
 		pair.Close()
-		p.refuse(m.TxID, wire.CodeBusy, "this process is already migrating or has moved")
+		refuse(c, m.TxID, wire.CodeBusy, "this process is already migrating or has moved")
 		return
 	}
+	p.exports++
 	x := &exportTx{
 		p:       p,
+		agent:   c,
 		txid:    m.TxID,
+		gen:     p.exports,
 		prep:    prep,
+		precopy: m.Flags&wire.PrepareCopy != 0 && c.Version() >= 3,
 		pair:    pair,
 		agentEv: make(chan wire.Failure, 2),
 		lateCh:  make(chan *Tracked, 1024),
@@ -105,15 +51,51 @@ func (p *Process) onPrepare(m wire.Msg) {
 	go x.run()
 }
 
-// exportTx is one outgoing migration: the source's side of the transaction.
+// exportTx is one outgoing migration: the source's side of the
+// transaction (docs/protocol.md §10). run takes it through the protocol's
+// steps in order; each step returns false once the transaction is
+// decided, by the step itself or by an event it noticed:
+//
+//	step           what happens                                      events that abort it
+//	precopy        (version 3) send a copy of every descriptor that   agent Abort, deadline, a failed send
+//	               would move, while the process still serves
+//	freeze         stop listeners, packet sockets and connections;    agent Abort, deadline, a Freeze
+//	               queue what moves: states of copies (Seal),         hook's error, a failed send
+//	               connections tracked since (Batch), drops (Seal)
+//	seal           send what is queued, then Exported                 agent Abort, deadline, a failed send
+//	awaitDecision  Ready on the pair → commit: Commit, let go         agent Abort (or let go if the
+//	                                                                  application is closing), deadline,
+//	                                                                  target Abort or loss on the pair
+//
+// Deciding is done once (decide): commit lets go of every copy, abort
+// resumes everything and confirms to the agent.
 type exportTx struct {
 	p       *Process
+	agent   *wire.Conn // the session the Prepare came on
 	txid    uint64
+	gen     uint64 // marks the sockets this export copied (copyGen)
 	prep    wire.Prepare
+	precopy bool // PrepareCopy: send descriptors before freezing
 	pair    *wire.Conn
 	agentEv chan wire.Failure
 	lateCh  chan *Tracked
-	b       *batcher // set by run before any worker starts
+	timer   *time.Timer // the transaction's deadline
+
+	// tally counts what is sent: the pre-copy's copy batches, then the
+	// outbox's batches and seals (under its drainMu), then read once
+	// everything is sent.
+	tally   wire.Tally
+	copySeq uint32 // batches the pre-copy sent
+	copies  int    // copies the pre-copy sent
+	kept    []bool // by copy index: a Keep verdict is queued
+
+	freezeStart uint64 // CLOCK_MONOTONIC when the freeze began
+	b           *outbox
+
+	// sendMu is held around each send to the agent, so that undo can wait
+	// for a send in progress before it tells the agent Abort; nothing is
+	// sent once the transaction is decided.
+	sendMu sync.Mutex
 
 	// stopped mirrors decided for the freeze workers' per-connection check.
 	stopped atomic.Bool
@@ -148,11 +130,189 @@ func (x *exportTx) late(t *Tracked) {
 	}
 }
 
+// fail decides the transaction as aborted for a reason of this process.
+func (x *exportTx) fail(code wire.Code, format string, args ...any) {
+	x.abort(wire.Failure{Code: code, Reason: fmt.Sprintf(format, args...)}, true)
+}
+
+// interrupted handles, without waiting, an Abort from the agent or the
+// deadline, and reports whether the transaction is decided.
+func (x *exportTx) interrupted(doing string) bool {
+	select {
+	case f := <-x.agentEv:
+		// The agent waits for the source's final word after it asked
+		// for an abort: confirm it (skipped if the agent is gone).
+		x.abort(f, true)
+	case <-x.timer.C:
+		x.fail(wire.CodeDeadline, "deadline of %dms passed while %s", x.prep.TimeoutMS, doing)
+	default:
+	}
+	return x.isDecided()
+}
+
+// run is the source's transaction, step by step.
+func (x *exportTx) run() {
+	step("prepare")
+	defer holdGC(gcHoldMax)()
+	x.timer = time.NewTimer(time.Duration(x.prep.TimeoutMS) * time.Millisecond)
+	defer x.timer.Stop()
+
+	if x.precopy && !x.precopyAll() {
+		return
+	}
+	if !x.freeze() {
+		return
+	}
+	sum, ok := x.seal()
+	if !ok {
+		return
+	}
+	x.awaitDecision(sum)
+}
+
+// copyable is a socket a pre-copy can send: listeners, packet sockets
+// and tracked connections.
+type copyable interface {
+	dup() (int, error) // a duplicate of its descriptor, taken while it is open
+	mark() *copyMark   // which pre-copy sent it, under p.mu
+}
+
+func (l *listener) dup() (int, error)   { return dupRaw(l.raw) }
+func (c *packetConn) dup() (int, error) { return dupRaw(c.raw) }
+func (m *copyMark) mark() *copyMark     { return m }
+
+// copyBatch is the copy batch the pre-copy is filling: entries and
+// duplicates of their descriptors, sent when MaxFDs are queued.
+type copyBatch struct {
+	x       *exportTx
+	entries []wire.Entry
+	fds     []int
+	body    []byte
+}
+
+// add queues a copy of s. A socket that cannot be duplicated (closed
+// since the snapshot, EMFILE) is not copied: if it still moves, the
+// freeze sends it in an ordinary batch. A copy of a connection that is
+// untracked by the freeze is dropped in the seal.
+func (cb *copyBatch) add(kind uint8, key string, s copyable) error {
+	fd, err := s.dup()
+	if err != nil {
+		return nil
+	}
+	p := cb.x.p
+	p.mu.Lock()
+	m := s.mark()
+	m.copyGen, m.copyIdx = cb.x.gen, uint32(cb.x.copies)
+	cb.x.copies++
+	p.mu.Unlock()
+	cb.entries = append(cb.entries, wire.Entry{Kind: kind, Key: key})
+	cb.fds = append(cb.fds, fd)
+	if len(cb.fds) == wire.MaxFDs {
+		return cb.send()
+	}
+	return nil
+}
+
+// send sends what is queued, and closes the duplicates.
+func (cb *copyBatch) send() error {
+	if len(cb.fds) == 0 {
+		return nil
+	}
+	x := cb.x
+	defer func() {
+		wire.CloseAll(cb.fds)
+		cb.entries, cb.fds = cb.entries[:0], cb.fds[:0]
+	}()
+	var flags uint16
+	cb.body, flags = wire.AppendCopyBatch(cb.body[:0], cb.entries)
+	if err := x.send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: x.txid, Seq: x.copySeq}, Body: cb.body, FDs: cb.fds}); err != nil {
+		return err
+	}
+	x.copySeq++
+	return x.tally.Batch(&wire.BatchInfo{Entries: cb.entries, Copy: true})
+}
+
+// precopyAll sends a copy of every listener, packet socket and tracked
+// connection that would move, in copy batches of up to MaxFDs, while the
+// process serves on. The target holds the copies without touching them;
+// the seal says which of them move.
+func (x *exportTx) precopyAll() bool {
+	p := x.p
+	var (
+		lns   []*listener
+		pcs   []*packetConn
+		conns []*Tracked
+	)
+	p.mu.Lock()
+	if x.prep.What&wire.MoveListeners != 0 {
+		for l := range p.listeners {
+			lns = append(lns, l)
+		}
+	}
+	if x.prep.What&wire.MovePackets != 0 {
+		for c := range p.packets {
+			pcs = append(pcs, c)
+		}
+	}
+	if x.prep.What&wire.MoveConns != 0 {
+		conns = p.tracked.appendTo(make([]*Tracked, 0, p.tracked.n))
+	}
+	p.mu.Unlock()
+
+	cb := &copyBatch{x: x, entries: make([]wire.Entry, 0, wire.MaxFDs), fds: make([]int, 0, wire.MaxFDs)}
+	err := func() error {
+		for _, l := range lns {
+			if err := cb.add(wire.KindListener, l.key, l); err != nil {
+				return err
+			}
+		}
+		for _, c := range pcs {
+			if err := cb.add(wire.KindPacket, c.key, c); err != nil {
+				return err
+			}
+		}
+		for i, t := range conns {
+			if err := cb.add(wire.KindConn, t.family, t); err != nil {
+				return err
+			}
+			if i%wire.MaxFDs == 0 && x.interrupted("pre-copying") {
+				return errDecided
+			}
+		}
+		return cb.send()
+	}()
+	if err != nil {
+		if !errors.Is(err, errDecided) {
+			x.fail(wire.CodeExport, "pre-copy: %v", err)
+		}
+		return false
+	}
+	if x.interrupted("pre-copying") {
+		return false
+	}
+	x.kept = make([]bool, x.copies)
+	step("precopied")
+	return true
+}
+
+// send sends m to the agent unless the transaction is decided.
+func (x *exportTx) send(m wire.Msg) error {
+	x.sendMu.Lock()
+	defer x.sendMu.Unlock()
+	if x.isDecided() {
+		return errDecided
+	}
+	if err := x.agent.Send(m); err != nil {
+		return fmt.Errorf("send %v %d: %w", m.Type, m.Seq, err)
+	}
+	return nil
+}
+
 // Freeze hooks run on worker goroutines that take the connections a
 // chunk at a time from a shared list and put what they froze into the
-// shared batcher; a sender goroutine sends each batch as soon as it is
-// full, so the agent relays batch k while the workers freeze the
-// connections of later batches, and a worker never waits for a send.
+// shared outbox; a sender goroutine sends each message as soon as it is
+// full, so the agent relays message k while the workers freeze the
+// connections of later ones, and a worker never waits for a send.
 //
 // One worker does it all as long as its hooks return at once, which
 // leaves the other cores to the sender, the agent and the target: with a
@@ -166,201 +326,36 @@ const (
 	freezeWorkers = 32
 )
 
-// item is one descriptor on its way into a batch.
-type item struct {
-	entry wire.Entry
-	fd    int
+// freezeChunk is how many connections a freeze worker takes at a time.
+// It freezes them all before it touches what the workers share (the
+// frozen list, the outbox), once per chunk rather than once per
+// connection: with a lock and a counter per connection, two cores spent
+// much of the freeze passing those cache lines back and forth.
+const freezeChunk = 16
+
+// job is one connection to freeze: copy is its copy index when the
+// pre-copy sent it, -1 when it goes in an ordinary batch.
+type job struct {
+	t    *Tracked
+	copy int32
 }
 
-// batcher packs items into Batch messages of at most MaxFDs descriptors,
-// moving the states into a memfd when they do not fit in the body. The
-// freeze workers add to it and send each batch they seal themselves
-// (drain); its sender goroutine (send) sends what close seals, and
-// whatever a worker left.
-type batcher struct {
-	x *exportTx
-
-	mu     sync.Mutex
-	items  []item   // the batch being filled
-	size   int      // its body size so far
-	full   [][]item // sealed batches, in sequence order, not yet sent
-	closed bool     // no more items: send what is left, then stop
-	sum    wire.Summary
-	kick   chan struct{} // cap 1: there is something for the sender
-	sent   chan struct{} // closed when the sender stopped
-	err    error         // the first failure to send, under drainMu; read after sent
-
-	// drainMu is held while sealed batches are taken and sent, by the
-	// sender goroutine or a freeze worker, so that they go out in order.
-	drainMu sync.Mutex
-	seq     uint32 // the next batch's sequence number, under drainMu
-
-	// sendMu is held by the sender around each send, so that undo can
-	// wait for a send in progress before it tells the agent Abort.
-	sendMu sync.Mutex
-
-	// Buffers the sender reuses for every batch, and item slices it
-	// hands back for sealing (under mu): fresh memory costs a page fault
-	// per 4 KiB, which at thousands of connections shows in the pause.
-	spare   [][]item
-	entries []wire.Entry
-	fds     []int
-	body    []byte
+// copyOf is the copy index this export gave a socket, or -1.
+func (x *exportTx) copyOf(gen uint64, idx uint32) int32 {
+	if x.precopy && gen == x.gen {
+		return int32(idx)
+	}
+	return -1
 }
 
-func newBatcher(x *exportTx) *batcher {
-	b := &batcher{x: x, items: make([]item, 0, wire.MaxFDs), kick: make(chan struct{}, 1), sent: make(chan struct{})}
-	go b.send()
-	return b
-}
-
-// add queues items, sealing every batch they fill, and reports whether
-// it sealed one.
-func (b *batcher) add(its ...item) (sealed bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, it := range its {
-		sz := 8 + len(it.entry.Key) + len(it.entry.State)
-		if len(b.items) == wire.MaxFDs || (len(b.items) == wire.MaxFDs-1 && b.size+sz > wire.MaxBody) {
-			b.sealLocked()
-			sealed = true
-		}
-		if len(b.items) == 0 {
-			b.size = 8
-		}
-		b.items = append(b.items, it)
-		b.size += sz
-		switch it.entry.Kind {
-		case wire.KindListener:
-			b.sum.Listeners++
-		case wire.KindConn:
-			b.sum.Conns++
-		case wire.KindPacket:
-			b.sum.Packets++
-		}
-		b.sum.StateBytes += uint64(len(it.entry.State))
-	}
-	return sealed
-}
-
-func (b *batcher) sealLocked() {
-	if len(b.items) == 0 {
-		return
-	}
-	b.full = append(b.full, b.items)
-	b.sum.Batches++
-	if n := len(b.spare); n > 0 {
-		b.items, b.spare = b.spare[n-1], b.spare[:n-1]
-	} else {
-		b.items = make([]item, 0, wire.MaxFDs)
-	}
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
-}
-
-// close seals the last batch and returns the totals; the sender stops
-// once everything is sent (b.sent).
-func (b *batcher) close() wire.Summary {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.sealLocked()
-	b.closed = true
-	select {
-	case b.kick <- struct{}{}:
-	default:
-	}
-	return b.sum
-}
-
-// send is the sender goroutine. After a failure, or once the transaction
-// is decided, it sends nothing more.
-func (b *batcher) send() {
-	defer close(b.sent)
-	for {
-		closed, err := b.drain()
-		if err != nil || closed {
-			return
-		}
-		<-b.kick
-	}
-}
-
-// drain sends every sealed batch, in order, until none is left; it
-// reports whether the batcher is closed and everything sent. After a
-// failure (kept in b.err) it sends nothing more.
-func (b *batcher) drain() (closed bool, err error) {
-	b.drainMu.Lock()
-	defer b.drainMu.Unlock()
-	if b.err != nil {
-		return false, b.err
-	}
-	for {
-		b.mu.Lock()
-		batches, closed := b.full, b.closed
-		b.full = nil
-		b.mu.Unlock()
-		if len(batches) == 0 {
-			return closed, nil
-		}
-		for _, its := range batches {
-			if err := b.sendOne(b.seq, its); err != nil {
-				b.err = err
-				return false, err
-			}
-			b.seq++
-			clear(its) // the states, for the collector
-			b.mu.Lock()
-			b.spare = append(b.spare, its[:0])
-			b.mu.Unlock()
-		}
-	}
-}
-
-func (b *batcher) sendOne(seq uint32, its []item) error {
-	entries, fds := b.entries[:0], b.fds[:0]
-	for _, it := range its {
-		entries, fds = append(entries, it.entry), append(fds, it.fd)
-	}
-	body, flags, states := wire.AppendBatch(b.body[:0], entries)
-	clear(entries)
-	b.entries, b.fds, b.body = entries[:0], fds[:0], body[:0]
-	if flags&wire.BatchMemfd != 0 {
-		memfd, err := wire.NewStateMemfd(states)
-		if err != nil {
-			return fmt.Errorf("batch %d: %w", seq, err)
-		}
-		defer wire.CloseAll([]int{memfd})
-		fds = append(fds, memfd)
-	}
-	b.sendMu.Lock()
-	defer b.sendMu.Unlock()
-	if b.x.isDecided() {
-		return errDecided
-	}
-	if err := b.x.p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeBatch, Flags: flags, TxID: b.x.txid, Seq: seq}, Body: body, FDs: fds}); err != nil {
-		return fmt.Errorf("send batch %d: %w", seq, err)
-	}
-	return nil
-}
-
-// errDecided stops the sender of a transaction that was decided (aborted)
-// while it was exporting.
-var errDecided = errors.New("the migration was decided while exporting")
-
-// run is the source's transaction: freeze, export in batches, then wait
-// for the decision and commit or abort.
-func (x *exportTx) run() {
+// freeze stops the listeners, packet sockets and connections that move
+// and queues them in the outbox: copies as Keep verdicts with their
+// states, the rest as ordinary batch entries, and every copy that does
+// not move (closed, untracked or skipped since) as a Drop.
+func (x *exportTx) freeze() bool {
 	p := x.p
-	step("prepare")
-	defer holdGC(gcHoldMax)()
-	start := time.Now()
-	freezeStart := wire.Monotonic()
-	deadline := start.Add(time.Duration(x.prep.TimeoutMS) * time.Millisecond)
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-
+	x.freezeStart = wire.Monotonic()
+	step("freeze")
 	p.mu.Lock()
 	if x.prep.What&wire.MoveListeners != 0 {
 		for l := range p.listeners {
@@ -381,47 +376,73 @@ func (x *exportTx) run() {
 		c.freeze(readDeadliner{c.PacketConn})
 	}
 
-	var conns []*Tracked
+	var jobs []job
 	p.mu.Lock()
 	if x.prep.What&wire.MoveConns != 0 {
 		p.waitAccepted()
-		conns = p.tracked.appendTo(make([]*Tracked, 0, p.tracked.n))
+		jobs = make([]job, 0, p.tracked.n)
+		for _, t := range p.tracked.ts {
+			if t != nil {
+				jobs = append(jobs, job{t, x.copyOf(t.copyGen, t.copyIdx)})
+			}
+		}
 		x.mu.Lock()
 		x.collect = true
-		x.frozen = make([]*Tracked, 0, len(conns))
+		x.frozen = make([]*Tracked, 0, len(jobs))
 		x.mu.Unlock()
 	}
 	p.mu.Unlock()
 
-	b := newBatcher(x)
+	b := newOutbox(x)
 	x.b = b
-	defer b.close() // stops the sender on every way out
-	fail := func(code uint32, format string, args ...any) {
-		x.abort(wire.Failure{Code: code, Reason: fmt.Sprintf(format, args...)}, true)
-	}
 	for _, l := range x.listeners {
-		fd, err := rawFD(l.raw)
-		if err != nil {
-			fail(wire.CodeExport, "export listener %s: %v", l.key, err)
-			return
+		if !x.queueSocket(wire.KindListener, l.key, x.copyOf(l.copyGen, l.copyIdx), l.raw) {
+			return false
 		}
-		b.add(item{entry: wire.Entry{Kind: wire.KindListener, Key: l.key}, fd: fd})
 	}
 	for _, c := range x.packets {
-		fd, err := rawFD(c.raw)
-		if err != nil {
-			fail(wire.CodeExport, "export packet socket %s: %v", c.key, err)
-			return
+		if !x.queueSocket(wire.KindPacket, c.key, x.copyOf(c.copyGen, c.copyIdx), c.raw) {
+			return false
 		}
-		b.add(item{entry: wire.Entry{Kind: wire.KindPacket, Key: c.key}, fd: fd})
 	}
+	if !x.freezeConns(jobs) {
+		return false
+	}
+	for i, k := range x.kept {
+		if !k {
+			b.add(item{fd: -1, copy: int32(i), drop: true})
+		}
+	}
+	return true
+}
 
+// queueSocket queues a frozen listener or packet socket: a Keep verdict
+// for a copy, or an entry with its descriptor.
+func (x *exportTx) queueSocket(kind uint8, key string, copy int32, raw syscall.RawConn) bool {
+	if copy >= 0 {
+		x.kept[copy] = true
+		x.b.add(item{fd: -1, copy: copy})
+		return true
+	}
+	fd, err := rawFD(raw)
+	if err != nil {
+		x.fail(wire.CodeExport, "export %s: %v", key, err)
+		return false
+	}
+	x.b.add(item{entry: wire.Entry{Kind: kind, Key: key}, fd: fd, copy: -1})
+	return true
+}
+
+// freezeConns runs the freeze workers over jobs, and over connections
+// tracked meanwhile, until all are frozen or the transaction is decided.
+func (x *exportTx) freezeConns(jobs []job) bool {
+	b := x.b
 	// Each worker reports once, when the shared list is exhausted; late
 	// connections get a worker of their own. The first failure aborts the
 	// transaction, which stops the other workers.
 	var next atomic.Int64
 	finished := make(chan error)
-	quit := make(chan struct{}) // run returned: nobody reads finished
+	quit := make(chan struct{}) // freezeConns returned: nobody reads finished
 	defer close(quit)
 	report := func(err error) {
 		select {
@@ -437,11 +458,11 @@ func (x *exportTx) run() {
 			var fz freezer
 			for {
 				i := int(next.Add(freezeChunk)) - freezeChunk
-				if i >= len(conns) {
+				if i >= len(jobs) {
 					report(nil)
 					return
 				}
-				if err := x.freezeAll(b, &fz, conns[i:min(i+freezeChunk, len(conns))]); err != nil {
+				if err := x.freezeAll(&fz, jobs[i:min(i+freezeChunk, len(jobs))]); err != nil {
 					report(err)
 					return
 				}
@@ -449,8 +470,18 @@ func (x *exportTx) run() {
 		}()
 	}
 	var stallC <-chan time.Time
-	if len(conns) > 0 {
-		startWorker()
+	if len(jobs) > 0 {
+		// After a pre-copy the agent and the target have little to do
+		// while the freeze runs (a Seal per 1024 connections), so the
+		// freeze may use every core; without one they relay and adopt
+		// descriptors meanwhile, and one worker leaves them a core.
+		first := 1
+		if x.precopy {
+			first = min(runtime.GOMAXPROCS(0), freezeWorkers, (len(jobs)+freezeChunk-1)/freezeChunk)
+		}
+		for range first {
+			startWorker()
+		}
 		stall := time.NewTicker(freezeStall)
 		defer stall.Stop()
 		stallC = stall.C
@@ -460,7 +491,7 @@ func (x *exportTx) run() {
 		pending++
 		go func() {
 			var fz freezer
-			report(x.freezeAll(b, &fz, []*Tracked{t}))
+			report(x.freezeAll(&fz, []job{{t, -1}}))
 		}()
 	}
 	var failed error
@@ -471,14 +502,14 @@ func (x *exportTx) run() {
 			pending--
 			if err != nil && failed == nil {
 				failed = err
-				fail(wire.CodeExport, "%v", err)
+				x.fail(wire.CodeExport, "%v", err)
 			}
 		case <-senderStopped:
 			// Only a failure stops the sender this early.
 			senderStopped = nil
 			if failed == nil {
 				failed = b.err
-				fail(wire.CodeExport, "%v", b.err)
+				x.fail(wire.CodeExport, "%v", b.err)
 			}
 		case t := <-x.lateCh:
 			freezeLate(t)
@@ -486,24 +517,22 @@ func (x *exportTx) run() {
 			// No chunk was claimed since the last look: every worker is
 			// waiting in a hook. Add one, up to freezeWorkers.
 			n := next.Load()
-			if int(n) >= len(conns) {
+			if int(n) >= len(jobs) {
 				stallC = nil
 			} else if n == lastNext && workers < freezeWorkers {
 				startWorker()
 			}
 			lastNext = n
 		case f := <-x.agentEv:
-			// The agent waits for the source's final word after it asked
-			// for an abort: confirm it (skipped if the agent is gone).
-			x.abort(f, true)
-			return
-		case <-timer.C:
-			fail(wire.CodeDeadline, "deadline of %dms passed while freezing connections", x.prep.TimeoutMS)
-			return
+			x.abort(f, true) // confirm, as in interrupted
+			return false
+		case <-x.timer.C:
+			x.fail(wire.CodeDeadline, "deadline of %dms passed while freezing connections", x.prep.TimeoutMS)
+			return false
 		}
 	}
 	if failed != nil {
-		return
+		return false
 	}
 	x.mu.Lock()
 	x.collect = false
@@ -512,39 +541,132 @@ func (x *exportTx) run() {
 		select {
 		case t := <-x.lateCh:
 			var fz freezer
-			if err := x.freezeAll(b, &fz, []*Tracked{t}); err != nil {
-				fail(wire.CodeExport, "%v", err)
-				return
+			if err := x.freezeAll(&fz, []job{{t, -1}}); err != nil {
+				x.fail(wire.CodeExport, "%v", err)
+				return false
 			}
 		default:
 			drained = true
 		}
 	}
-	if x.isDecided() {
-		return
+	return !x.isDecided()
+}
+
+// freezer is a worker's own buffers, reused for every chunk.
+type freezer struct {
+	frozen []job
+	states [][]byte
+	items  []item
+	ts     []*Tracked
+}
+
+// freezeAll calls the Freeze hook of each of js and queues the frozen
+// connections in the outbox. If the transaction is decided meanwhile, it
+// undoes the freezes itself, since the decision did not see them.
+func (x *exportTx) freezeAll(fz *freezer, js []job) error {
+	fz.frozen, fz.states, fz.items, fz.ts = fz.frozen[:0], fz.states[:0], fz.items[:0], fz.ts[:0]
+	var hookErr error
+	for _, j := range js {
+		if x.isDecided() {
+			break
+		}
+		state, err := j.t.hooks.Freeze()
+		if errors.Is(err, ErrSkip) {
+			continue // a copy without a Keep verdict is dropped
+		}
+		if err != nil {
+			hookErr = fmt.Errorf("freeze connection %v: %w", j.t.conn.RemoteAddr(), err)
+			break
+		}
+		fz.frozen = append(fz.frozen, j)
+		fz.ts = append(fz.ts, j.t)
+		fz.states = append(fz.states, state)
 	}
-	sum := b.close()
+	if len(fz.frozen) == 0 {
+		return hookErr
+	}
+	x.mu.Lock()
+	if x.decided {
+		x.mu.Unlock()
+		for _, j := range fz.frozen {
+			j.t.hooks.Resume()
+		}
+		return nil
+	}
+	x.frozen = append(x.frozen, fz.ts...)
+	for _, t := range fz.ts {
+		t.frozenGen.Store(x.gen)
+	}
+	x.mu.Unlock()
+	clear(fz.ts)
+	if hookErr != nil {
+		return hookErr // the abort resumes the ones frozen so far
+	}
+	for i, j := range fz.frozen {
+		if j.copy >= 0 {
+			x.kept[j.copy] = true
+			fz.items = append(fz.items, item{entry: wire.Entry{Kind: wire.KindConn, State: fz.states[i]}, fd: -1, copy: j.copy})
+			continue
+		}
+		fd, err := j.t.fd()
+		if err != nil {
+			return fmt.Errorf("export connection %v: %w", j.t.conn.RemoteAddr(), err)
+		}
+		// The family lets the target adopt the socket without asking the kernel.
+		fz.items = append(fz.items, item{entry: wire.Entry{Kind: wire.KindConn, Key: j.t.family, State: fz.states[i]}, fd: fd, copy: -1})
+	}
+	clear(fz.states)
+	clear(fz.frozen)
+	if x.b.add(fz.items...) {
+		// Send the message just sealed from here, before freezing more,
+		// rather than leave it to the sender goroutine. The freezing and
+		// the sending then share one core, and the other is left to the
+		// agent and the target: with both of the source's goroutines
+		// running, their threads waited milliseconds for a CPU.
+		if _, err := x.b.drain(); err != nil {
+			x.b.wake() // the sender stops on the same error
+		}
+	}
+	clear(fz.items)
+	return nil
+}
+
+// seal sends what the freeze queued and then Exported with the totals.
+func (x *exportTx) seal() (wire.Summary, bool) {
+	b := x.b
+	b.close()
 	select {
 	case <-b.sent:
 		if b.err != nil {
-			fail(wire.CodeExport, "%v", b.err)
-			return
+			if !errors.Is(b.err, errDecided) {
+				x.fail(wire.CodeExport, "%v", b.err)
+			}
+			return wire.Summary{}, false
 		}
 	case f := <-x.agentEv:
-		x.abort(f, true) // confirm, as above
-		return
-	case <-timer.C:
-		fail(wire.CodeDeadline, "deadline of %dms passed while exporting", x.prep.TimeoutMS)
-		return
+		x.abort(f, true) // confirm, as in interrupted
+		return wire.Summary{}, false
+	case <-x.timer.C:
+		x.fail(wire.CodeDeadline, "deadline of %dms passed while exporting", x.prep.TimeoutMS)
+		return wire.Summary{}, false
 	}
-	sum.FreezeStartNS = freezeStart
+	sum := x.tally.Summary()
+	sum.FreezeStartNS = x.freezeStart
 	sum.ExportDoneNS = wire.Monotonic()
-	if err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeExported, TxID: x.txid}, Body: sum.Marshal()}); err != nil {
-		fail(wire.CodeAgentClosed, "send exported: %v", err)
-		return
+	if err := x.send(wire.Msg{Header: wire.Header{Type: wire.TypeExported, TxID: x.txid}, Body: sum.Marshal()}); err != nil {
+		if !errors.Is(err, errDecided) {
+			x.fail(wire.CodeAgentClosed, "send exported: %v", err)
+		}
+		return wire.Summary{}, false
 	}
-
 	step("exported")
+	return sum, true
+}
+
+// awaitDecision waits for the target's Ready on the pair and commits, or
+// aborts on whatever comes first instead.
+func (x *exportTx) awaitDecision(sum wire.Summary) {
+	p := x.p
 	pairMsg := make(chan error, 1)
 	var targetAbort *wire.Failure // set before pairMsg is sent
 	go func() {
@@ -577,7 +699,7 @@ func (x *exportTx) run() {
 			return
 		}
 		if err != nil {
-			fail(wire.CodeTargetLost, "target went away before it was ready: %v", err)
+			x.fail(wire.CodeTargetLost, "target went away before it was ready: %v", err)
 			return
 		}
 		step("ready")
@@ -593,9 +715,9 @@ func (x *exportTx) run() {
 			x.letGo(sum)
 			return
 		}
-		x.abort(f, true) // confirm, as above
-	case <-timer.C:
-		fail(wire.CodeDeadline, "deadline of %dms passed waiting for the target to be ready", x.prep.TimeoutMS)
+		x.abort(f, true) // confirm, as in interrupted
+	case <-x.timer.C:
+		x.fail(wire.CodeDeadline, "deadline of %dms passed waiting for the target to be ready", x.prep.TimeoutMS)
 	}
 }
 
@@ -613,83 +735,6 @@ func (x *exportTx) letGo(sum wire.Summary) {
 }
 
 func (x *exportTx) isDecided() bool { return x.stopped.Load() }
-
-// freezeChunk is how many connections a freeze worker takes at a time.
-// It freezes them all before it touches what the workers share (the
-// frozen list, the batcher), once per chunk rather than once per
-// connection: with a lock and a counter per connection, two cores spent
-// much of the freeze passing those cache lines back and forth.
-const freezeChunk = 16
-
-// freezer is a worker's own buffers, reused for every chunk.
-type freezer struct {
-	frozen []*Tracked
-	states [][]byte
-	items  []item
-}
-
-// freezeAll calls the Freeze hook of each of ts and queues the frozen
-// connections in b. If the transaction is decided meanwhile, it undoes
-// the freezes itself, since the decision did not see them.
-func (x *exportTx) freezeAll(b *batcher, fz *freezer, ts []*Tracked) error {
-	fz.frozen, fz.states, fz.items = fz.frozen[:0], fz.states[:0], fz.items[:0]
-	var hookErr error
-	for _, t := range ts {
-		if x.isDecided() {
-			break
-		}
-		state, err := t.hooks.Freeze()
-		if errors.Is(err, ErrSkip) {
-			continue
-		}
-		if err != nil {
-			hookErr = fmt.Errorf("freeze connection %v: %w", t.conn.RemoteAddr(), err)
-			break
-		}
-		fz.frozen = append(fz.frozen, t)
-		fz.states = append(fz.states, state)
-	}
-	if len(fz.frozen) == 0 {
-		return hookErr
-	}
-	x.mu.Lock()
-	if x.decided {
-		x.mu.Unlock()
-		for _, t := range fz.frozen {
-			t.hooks.Resume()
-		}
-		return nil
-	}
-	x.frozen = append(x.frozen, fz.frozen...)
-	x.mu.Unlock()
-	if hookErr != nil {
-		return hookErr // the abort resumes the ones frozen so far
-	}
-	for i, t := range fz.frozen {
-		fd, err := t.fd()
-		if err != nil {
-			return fmt.Errorf("export connection %v: %w", t.conn.RemoteAddr(), err)
-		}
-		// The family lets the target adopt the socket without asking the kernel.
-		fz.items = append(fz.items, item{entry: wire.Entry{Kind: wire.KindConn, Key: t.family, State: fz.states[i]}, fd: fd})
-	}
-	clear(fz.states)
-	if b.add(fz.items...) {
-		// Send the batch just sealed from here, before freezing more,
-		// rather than leave it to the sender goroutine. The freezing and
-		// the sending then share one core, and the other is left to the
-		// agent and the target: with both of the source's goroutines
-		// running, their threads waited milliseconds for a CPU.
-		if _, err := b.drain(); err != nil {
-			select {
-			case b.kick <- struct{}{}: // the sender stops on the same error
-			default:
-			}
-		}
-	}
-	clear(fz.items)
-	return nil
-}
 
 // decide fixes the outcome once; it returns the frozen connections only
 // to the first caller.
@@ -729,10 +774,11 @@ func (x *exportTx) moved(frozen []*Tracked, sum wire.Summary) {
 	p.export = nil
 	for _, t := range frozen {
 		p.tracked.remove(t)
+		t.moved = true
 	}
 	p.mu.Unlock()
 	// The decision is made: say so before the slower work of closing.
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
+	_ = x.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeCommitted, TxID: x.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	for _, l := range x.listeners {
 		l.markMoved()
 		setUnlink(l.ln, false)
@@ -776,12 +822,10 @@ func (x *exportTx) abort(f wire.Failure, tell bool) {
 
 func (x *exportTx) undo(frozen []*Tracked, f wire.Failure, tell bool) {
 	p := x.p
-	if x.b != nil {
-		// The sender may be sending a batch: let it finish, so that the
-		// agent hears Abort after it; it sends nothing after the decision.
-		x.b.sendMu.Lock()
-		x.b.sendMu.Unlock()
-	}
+	// A send may be in progress: let it finish, so that the agent hears
+	// Abort after it; nothing is sent after the decision.
+	x.sendMu.Lock()
+	x.sendMu.Unlock()
 	_ = x.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
 	x.pair.Close()
 	for _, l := range x.listeners {
@@ -798,7 +842,7 @@ func (x *exportTx) undo(frozen []*Tracked, f wire.Failure, tell bool) {
 	gone := p.agentGone
 	p.mu.Unlock()
 	if tell && !gone {
-		_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
+		_ = x.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: x.txid}, Body: f.Marshal()})
 	}
 	p.logf("migration %d aborted, serving on: %v", x.txid, f)
 }

@@ -1,6 +1,7 @@
 package handoff_test
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"strconv"
@@ -45,6 +46,7 @@ func applyChildFaults() {
 				runtime.UnlockOSThread()
 			}
 			if step == holdAt {
+				fmt.Printf("HELD %s\n", step)
 				// Bounded poll for the test's go-ahead.
 				for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 					if _, err := os.Stat(holdPath); err == nil {
@@ -56,6 +58,9 @@ func applyChildFaults() {
 				time.Sleep(stallFor) // the fault itself: a process stuck at this step
 			}
 		})
+	}
+	if v, err := strconv.Atoi(os.Getenv("MAX_VERSION")); err == nil {
+		handoff.SetMaxVersion(uint16(v))
 	}
 	if n, err := strconv.Atoi(os.Getenv("NOFILE")); err == nil {
 		lim := syscall.Rlimit{Cur: uint64(n), Max: uint64(n)}

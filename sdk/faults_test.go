@@ -303,10 +303,10 @@ func (f *faultSetup) checkStreamsCarriedOn(t *testing.T) {
 	}
 }
 
-func wantFailed(t *testing.T, res admin.Result, reason string) {
+func wantFailed(t *testing.T, res admin.Result, code wire.Code) {
 	t.Helper()
-	if res.Phase != nodeagent.PhaseFailed || res.Reason != reason {
-		t.Fatalf("migration %s: %s: %s; want %s: %s", res.Phase, res.Reason, res.Message, nodeagent.PhaseFailed, reason)
+	if res.Phase != nodeagent.PhaseFailed || res.Code != code || res.Reason != code.String() {
+		t.Fatalf("migration %s: %s (%s): %s; want %s: %s", res.Phase, res.Code, res.Reason, res.Message, nodeagent.PhaseFailed, code)
 	}
 	t.Logf("migration failed as it should after %v: %s: %s", res.Duration().Round(time.Millisecond), res.Reason, res.Message)
 }
@@ -346,7 +346,7 @@ func testTargetCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantFailed(t, res, wire.CodeName(wire.CodeTargetLost))
+			wantFailed(t, res, wire.CodeTargetLost)
 			if err := dst.wait(childTimeout); !killedBySIGKILL(err) {
 				t.Fatalf("target ended with %v, want SIGKILL at %q", err, step)
 			}
@@ -411,7 +411,7 @@ func testSourceCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantFailed(t, res, wire.CodeName(wire.CodeSourceLost))
+	wantFailed(t, res, wire.CodeSourceLost)
 	if err := src.wait(childTimeout); !killedBySIGKILL(err) {
 		t.Fatalf("source ended with %v, want SIGKILL at prepare", err)
 	}
@@ -485,7 +485,7 @@ func testTargetEMFILE(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("attempt %d of %d", i+1, attempts)
-		wantFailed(t, res, wire.CodeName(wire.CodeImport))
+		wantFailed(t, res, wire.CodeImport)
 		wantAborted(t, dst)
 	}
 	f.checkSourceResumed(t)
@@ -501,7 +501,7 @@ func testDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantFailed(t, res, wire.CodeName(wire.CodeDeadline))
+	wantFailed(t, res, wire.CodeDeadline)
 	f.checkSourceResumed(t)
 	// Once unstuck, the target learns the source called it off and drops
 	// everything.
@@ -520,7 +520,7 @@ func testSourceStoppedAfterExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantFailed(t, res, wire.CodeName(wire.CodeDeadline))
+	wantFailed(t, res, wire.CodeDeadline)
 	wantAborted(t, dst)
 	if err := syscall.Kill(f.src.pid, syscall.SIGCONT); err != nil {
 		t.Fatalf("continue the source: %v", err)

@@ -117,11 +117,13 @@ type Process struct {
 	tracked    trackList
 	accepted   map[net.Conn]time.Time // returned by Accept, not yet tracked
 	export     *exportTx              // the outgoing migration in progress
+	exports    uint64                 // outgoing migrations started, for copyMark
 	moved      bool
 	closing    bool // Close was called: the application is leaving
 	readyDone  bool
 	agentGone  bool
 	controlRun bool
+	stop       chan struct{} // closed by Close: no more rejoining
 
 	in        *incoming // the incoming handoff until Ready finishes it
 	res       *reserve  // memory prepared in standby for the incoming handoff
@@ -148,6 +150,7 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 		packets:   map[*packetConn]struct{}{},
 		accepted:  map[net.Conn]time.Time{},
 		done:      make(chan struct{}),
+		stop:      make(chan struct{}),
 	}
 	p.cond = sync.NewCond(&p.mu)
 	if opts.Standby {
@@ -200,38 +203,56 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	return p, nil
 }
 
+// maxVersion is the newest protocol version the SDK offers; tests lower
+// it to play an older peer.
+var maxVersion uint16 = wire.MaxVersion
+
 // hello opens the session with the agent: Hello with flags, then the
 // agent's Welcome. On success p.agent and p.sessionID are set.
 func (p *Process) hello(flags uint8) (wire.Welcome, error) {
+	c, w, err := p.dial(flags)
+	if err != nil {
+		return w, err
+	}
+	p.mu.Lock()
+	p.agent = c
+	p.sessionID = w.SessionID
+	p.mu.Unlock()
+	return w, nil
+}
+
+// dial opens a session with the agent: Hello with flags, then the agent's
+// Welcome, on a connection of its own.
+func (p *Process) dial(flags uint8) (*wire.Conn, wire.Welcome, error) {
 	var w wire.Welcome
 	sock := p.opts.Socket
 	c, err := wire.Dial(sock)
 	if err != nil {
-		return w, err
+		return nil, w, err
 	}
-	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
+	hello := wire.Hello{MinVersion: wire.MinVersion, MaxVersion: maxVersion, Role: wire.RoleApp, Flags: flags, Name: p.opts.Name}
 	if err := c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeHello}, Body: hello.Marshal()}); err != nil {
 		c.Close()
-		return w, fmt.Errorf("say hello to agent %s: %w", sock, err)
+		return nil, w, fmt.Errorf("say hello to agent %s: %w", sock, err)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := c.Recv()
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		c.Close()
-		return w, fmt.Errorf("wait for agent %s: %w", sock, err)
+		return nil, w, fmt.Errorf("wait for agent %s: %w", sock, err)
 	}
 	if m.Type == wire.TypeError {
 		m.CloseFDs()
 		var f wire.Failure
 		_ = f.Unmarshal(m.Body)
 		c.Close()
-		return w, fmt.Errorf("agent %s refused the session: %w", sock, f)
+		return nil, w, fmt.Errorf("agent %s refused the session: %w", sock, f)
 	}
 	if m.Type != wire.TypeWelcome || w.Unmarshal(m.Body) != nil {
 		m.CloseFDs()
 		c.Close()
-		return w, fmt.Errorf("agent %s: %w: expected welcome, got %v", sock, wire.ErrMalformed, m.Type)
+		return nil, w, fmt.Errorf("agent %s: %w: expected welcome, got %v", sock, wire.ErrMalformed, m.Type)
 	}
 	m.CloseFDs()
 	if w.Version < 2 {
@@ -239,9 +260,7 @@ func (p *Process) hello(flags uint8) (wire.Welcome, error) {
 		w.Flags &^= wire.WelcomeStandby
 	}
 	c.SetVersion(uint8(w.Version))
-	p.agent = c
-	p.sessionID = w.SessionID
-	return w, nil
+	return c, w, nil
 }
 
 func (p *Process) unavailable(err error) (*Process, error) {
@@ -261,7 +280,12 @@ func (p *Process) Available() bool {
 
 // SessionID is the agent's number for this process (0 without an agent),
 // as handoffctl sessions shows it.
-func (p *Process) SessionID() uint64 { return p.sessionID }
+// It changes when the process joins again after losing the agent.
+func (p *Process) SessionID() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sessionID
+}
 
 // Inherited reports whether this process received sockets from another.
 func (p *Process) Inherited() bool { return p.inherited }
@@ -271,8 +295,9 @@ func (p *Process) Inherited() bool { return p.inherited }
 // exit.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
-// Close ends the session with the agent. Sockets stay open and the
-// application keeps serving; it just can no longer be migrated. During an
+// Close ends the session with the agent for good (the SDK does not join
+// again). Sockets stay open and the application keeps serving; it just can
+// no longer be migrated. During an
 // outgoing handoff, Close before everything was exported calls it off and
 // this process keeps its sockets; after, the sockets go on to the new
 // process (or the agent's store) as if this process had exited, and Done
@@ -282,6 +307,9 @@ func (p *Process) Close() error {
 	p.mu.Lock()
 	a := p.agent
 	p.agentGone = true
+	if !p.closing {
+		close(p.stop)
+	}
 	p.closing = true
 	p.mu.Unlock()
 	if a != nil {

@@ -15,6 +15,8 @@ import (
 // incoming is a handoff this process is receiving, from Begin until Ready
 // finishes it.
 type incoming struct {
+	p     *Process
+	agent *wire.Conn // the session Begin came on
 	txid  uint64
 	begin wire.Begin
 	pair  *wire.Conn
@@ -24,10 +26,29 @@ type incoming struct {
 	packets   map[string]net.PacketConn
 	conns     []Imported // appended to by the adopter until End
 	err       error
-	errCode   uint32         // wire code for err
+	errCode   wire.Code      // wire code for err
 	bi        wire.BatchInfo // reused for every batch
+	si        wire.SealInfo  // reused for every seal
+
+	// precopy is set by BeginCopy: copies arrive first, held in copies
+	// (by copy index) untouched until a Seal's verdict moves each into
+	// conns, listeners or packets, or closes it. The adopter's alone
+	// until End.
+	precopy bool
+	copies  []heldCopy
+	got     wire.Tally // what arrived, the adopter's until End
 
 	releaseGC func() // ends the collector's hold taken at Begin
+
+	// wake interrupts the receive loop's wait for the agent, so that a
+	// failure in the adopter aborts at once rather than at the next
+	// message. Set before the adopter starts.
+	wake func()
+
+	// jobs feeds the adopter goroutine until stopAdopter; adopted is
+	// closed when it has finished.
+	jobs    chan wire.Msg
+	adopted chan struct{}
 
 	res *reserve // memory prepared in standby, or nil
 
@@ -41,6 +62,35 @@ type incoming struct {
 	// ended is set once End arrived: the agent sends nothing more on
 	// the session for this transaction.
 	ended bool
+}
+
+// heldCopy is a pre-copied socket the target holds without touching it
+// until its verdict: exactly one of conn, ln and pc is set.
+type heldCopy struct {
+	key  string
+	conn *sockConn
+	ln   net.Listener
+	pc   net.PacketConn
+}
+
+// close drops the copy: the source keeps the socket.
+func (h *heldCopy) close() {
+	switch {
+	case h.conn != nil:
+		if fd, ok := h.conn.release(); ok {
+			wire.CloseAll([]int{fd})
+		} else {
+			h.conn.Close()
+		}
+	case h.ln != nil:
+		if ul, ok := h.ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+		}
+		h.ln.Close()
+	case h.pc != nil:
+		h.pc.Close()
+	}
+	*h = heldCopy{}
 }
 
 // abortDrainBound bounds how long a target that called a handoff off
@@ -94,6 +144,10 @@ func (in *incoming) closeAll() {
 	}
 	wire.CloseAll(fds) // in arrival order: mostly consecutive numbers
 	in.conns = nil
+	for i := range in.copies {
+		in.copies[i].close()
+	}
+	in.copies = nil
 	for _, f := range in.onAbort {
 		f()
 	}
@@ -106,9 +160,30 @@ func (in *incoming) closeAll() {
 	}
 }
 
-// receive waits for Begin and takes in every batch until End. Any failure
-// is reported to the agent and returned wrapped in ErrAborted.
+// receive is the target's transaction up to End, top-down: awaitBegin,
+// then transfer (every batch and seal until End). Any failure is reported
+// to the agent and returned wrapped in ErrAborted.
 func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incoming, retErr error) {
+	in, err := p.awaitBegin(ctx, pending, standby)
+	if err != nil {
+		return nil, err
+	}
+	// The pause runs on until Ready: hold the collector that long (finish
+	// releases it), or until this returns without a handoff.
+	in.releaseGC = holdGC(gcHoldMax)
+	defer func() {
+		if retErr != nil {
+			in.endGCHold()
+		}
+	}()
+	if err := in.transfer(ctx, p); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// awaitBegin waits in standby for Begin and sets up the transaction.
+func (p *Process) awaitBegin(ctx context.Context, pending, standby bool) (*incoming, error) {
 	c := p.agent
 	wait := p.opts.StandbyTimeout
 	if pending && !standby {
@@ -118,6 +193,7 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	defer stop()
 	c.SetReadDeadline(time.Now().Add(wait))
 	m, err := c.Recv()
+	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("standby: %w", ctx.Err())
@@ -132,7 +208,8 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 		m.CloseFDs()
 		return nil, fmt.Errorf("%w: expected begin with one descriptor, got %v with %d", ErrAborted, m.Type, len(m.FDs))
 	}
-	in := &incoming{txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{}}
+	in := &incoming{p: p, agent: c, txid: m.TxID, listeners: map[string]net.Listener{}, packets: map[string]net.PacketConn{},
+		precopy: m.Flags&wire.BeginCopy != 0 && c.Version() >= 3}
 	// The reserve serves one handoff: a later one (after an abort) gets
 	// fresh memory.
 	in.res, p.res = p.res, nil
@@ -145,68 +222,39 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	if err != nil {
 		return nil, p.abortIncoming(in, wire.CodeMalformed, err)
 	}
-	step("begin")
-	// The pause runs on until Ready: hold the collector that long (finish
-	// releases it), or until this returns without a handoff.
-	in.releaseGC = holdGC(gcHoldMax)
-	defer func() {
-		if retErr != nil {
-			in.endGCHold()
-		}
-	}()
 	in.deadline = time.Now().Add(time.Duration(in.begin.TimeoutMS) * time.Millisecond)
-	c.SetReadDeadline(in.deadline)
-	defer c.SetReadDeadline(time.Time{})
+	step("begin")
+	return in, nil
+}
 
-	// Batches are decoded and adopted on a goroutine of their own, so that
-	// receiving the next batch (the kernel installing its descriptors)
-	// overlaps adopting this one when a second core is free: the target
-	// is the last stage of the transfer, and what it does after the last
-	// batch arrives is all pause.
-	var got wire.Summary // the adopter's until it has stopped
-	jobs := make(chan wire.Msg, 8)
-	adopted := make(chan struct{})
-	go func() {
-		defer close(adopted)
-		for m := range jobs {
-			if code, _ := in.failure(); code != 0 {
-				m.CloseFDs()
-				continue
-			}
-			bi := &in.bi
-			if err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs)); err != nil {
-				m.CloseFDs()
-				in.fail(wire.CodeMalformed, err)
-				continue
-			}
-			for _, e := range bi.Entries {
-				switch e.Kind {
-				case wire.KindListener:
-					got.Listeners++
-				case wire.KindConn:
-					got.Conns++
-				case wire.KindPacket:
-					got.Packets++
-				}
-			}
-			got.Batches++
-			step("batch")
-			in.adopt(*bi, m.FDs)
-			step("adopted")
-		}
-	}()
-	stopAdopter := func() {
-		if jobs != nil {
-			close(jobs)
-			<-adopted
-			jobs = nil
-		}
-	}
-	defer stopAdopter()
-	abort := func(code uint32, err error) error {
-		stopAdopter()
-		return p.abortIncoming(in, code, err)
-	}
+// transfer takes in every batch and seal until End, each through
+// onMessage. Batches and seals are decoded and adopted on a goroutine of
+// their own (adopter), so that receiving the next one (the kernel
+// installing its descriptors) overlaps adopting this one when a second
+// core is free: the target is the last stage of the transfer, and what it
+// does after the last message arrives is all pause.
+//
+//	message        what happens
+//	Batch, Seal    to the adopter (Seal only in a pre-copy)
+//	End            stop the adopter; check the counts: done
+//	Abort          drop everything: ErrAborted
+//	anything else  UnexpectedMessage
+//
+// A failure of the adopter, the deadline, losing the agent or ctx ends it
+// with an Abort to the agent.
+func (in *incoming) transfer(ctx context.Context, p *Process) error {
+	c := in.agent
+	// The agent enforces the deadline and says so with Abort; this
+	// process's own, readyGrace later, is for an agent that went quiet.
+	c.SetReadDeadline(in.deadline.Add(readyGrace))
+	defer c.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	in.wake = func() { c.SetReadDeadline(time.Unix(1, 0)) }
+	in.jobs = make(chan wire.Msg, 8)
+	in.adopted = make(chan struct{})
+	go in.adopter()
+	defer in.stopAdopter()
 	var bodyAlloc func(int) []byte
 	if in.res != nil {
 		bodyAlloc = in.res.body
@@ -214,55 +262,125 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	for {
 		m, err := c.RecvWith(bodyAlloc)
 		if err != nil {
+			if code, ferr := in.failure(); code != 0 {
+				// The adopter failed and woke this wait.
+				return in.abort(code, ferr)
+			}
 			if ctx.Err() != nil {
-				return nil, abort(wire.CodeCancelled, ctx.Err())
+				return in.abort(wire.CodeCancelled, ctx.Err())
 			}
-			return nil, abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(in.deadline) {
+				return in.abort(wire.CodeDeadline, fmt.Errorf("the agent sent nothing more within the deadline of %dms: %w", in.begin.TimeoutMS, err))
+			}
+			return in.abort(wire.CodeImport, fmt.Errorf("receive from agent: %w", err))
 		}
-		if m.TxID != in.txid {
-			m.CloseFDs()
-			return nil, abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
-		}
-		switch m.Type {
-		case wire.TypeBatch:
-			if code, err := in.failure(); code != 0 {
-				m.CloseFDs()
-				return nil, abort(code, err)
-			}
-			jobs <- m
-		case wire.TypeEnd:
-			m.CloseFDs()
-			var sum wire.Summary
-			if err := sum.Unmarshal(m.Body); err != nil {
-				return nil, abort(wire.CodeMalformed, err)
-			}
-			in.ended = true
-			stopAdopter()
-			if code, err := in.failure(); code != 0 {
-				return nil, abort(code, err)
-			}
-			step("end")
-			if sum.Listeners != got.Listeners || sum.Conns != got.Conns || sum.Packets != got.Packets || sum.Batches != got.Batches {
-				return nil, abort(wire.CodeMalformed, fmt.Errorf("end announces %d listeners, %d connections, %d packet sockets in %d batches; received %d, %d, %d in %d",
-					sum.Listeners, sum.Conns, sum.Packets, sum.Batches, got.Listeners, got.Conns, got.Packets, got.Batches))
-			}
-			return in, nil
-		case wire.TypeAbort:
-			m.CloseFDs()
-			var f wire.Failure
-			_ = f.Unmarshal(m.Body)
-			stopAdopter()
-			in.closeAll()
-			return nil, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
-		default:
-			m.CloseFDs()
-			return nil, abort(wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+		if done, err := in.onMessage(m); done || err != nil {
+			return err
 		}
 	}
 }
 
+// onMessage handles one message from the agent during the transfer and
+// reports whether the transfer is over (err nil: End arrived and checked).
+func (in *incoming) onMessage(m wire.Msg) (done bool, err error) {
+	if m.TxID != in.txid {
+		m.CloseFDs()
+		return true, in.abort(wire.CodeUnexpected, fmt.Errorf("%v for transaction %d during %d", m.Type, m.TxID, in.txid))
+	}
+	switch m.Type {
+	case wire.TypeBatch, wire.TypeSeal:
+		if m.Type == wire.TypeSeal && !in.precopy {
+			m.CloseFDs()
+			return true, in.abort(wire.CodeUnexpected, fmt.Errorf("seal in a transfer that is no pre-copy"))
+		}
+		if code, err := in.failure(); code != 0 {
+			m.CloseFDs()
+			return true, in.abort(code, err)
+		}
+		in.jobs <- m
+		return false, nil
+	case wire.TypeEnd:
+		m.CloseFDs()
+		var sum wire.Summary
+		if err := sum.Unmarshal(m.Body); err != nil {
+			return true, in.abort(wire.CodeMalformed, err)
+		}
+		in.ended = true
+		in.stopAdopter()
+		if code, err := in.failure(); code != 0 {
+			return true, in.abort(code, err)
+		}
+		step("end")
+		if err := in.got.Check(sum); err != nil {
+			return true, in.abort(wire.CodeMalformed, fmt.Errorf("end: %w", err))
+		}
+		return true, nil
+	case wire.TypeAbort:
+		m.CloseFDs()
+		var f wire.Failure
+		_ = f.Unmarshal(m.Body)
+		in.stopAdopter()
+		in.closeAll()
+		return true, fmt.Errorf("%w by the agent: %v", ErrAborted, f)
+	default:
+		m.CloseFDs()
+		return true, in.abort(wire.CodeUnexpected, fmt.Errorf("unexpected %v during a handoff", m.Type))
+	}
+}
+
+// adopter decodes and adopts the batches and seals of the transfer, in
+// order, until stopAdopter; after a failure it only closes what arrives.
+func (in *incoming) adopter() {
+	defer close(in.adopted)
+	for m := range in.jobs {
+		if code, _ := in.failure(); code != 0 {
+			m.CloseFDs()
+			continue
+		}
+		if m.Type == wire.TypeSeal {
+			in.applySeal(m)
+			continue
+		}
+		bi := &in.bi
+		err := wire.DecodeBatchInto(bi, m.Body, len(m.FDs))
+		if err == nil && bi.Copy && !in.precopy {
+			err = fmt.Errorf("%w: a copy batch in a transfer that is no pre-copy", wire.ErrMalformed)
+		}
+		if err == nil {
+			err = in.got.Batch(bi)
+		}
+		if err != nil {
+			m.CloseFDs()
+			in.fail(wire.CodeMalformed, err)
+			continue
+		}
+		step("batch")
+		if bi.Copy {
+			in.holdCopies(*bi, m.FDs)
+		} else {
+			in.adopt(*bi, m.FDs)
+		}
+		step("adopted")
+	}
+}
+
+// stopAdopter waits for the adopter to finish what it was given.
+func (in *incoming) stopAdopter() {
+	if in.jobs != nil {
+		close(in.jobs)
+		<-in.adopted
+		in.jobs = nil
+	}
+}
+
+// abort stops the adopter, drops what arrived and tells the agent why.
+func (in *incoming) abort(code wire.Code, err error) error {
+	in.stopAdopter()
+	return in.p.abortIncoming(in, code, err)
+}
+
 // abortIncoming drops what arrived and tells the agent why.
-func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
+func (p *Process) abortIncoming(in *incoming, code wire.Code, cause error) error {
 	f := wire.Failure{Code: code, Reason: cause.Error()}
 	if in.pair != nil {
 		// The source learns of the close on the pair, maybe before the
@@ -271,10 +389,10 @@ func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
 		_ = in.pair.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
 	}
 	in.closeAll()
-	err := p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
+	err := in.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeAbort, TxID: in.txid}, Body: f.Marshal()})
 	p.logf("incoming handoff %d aborted: %v", in.txid, f)
 	if err == nil && !in.ended {
-		p.drainAgent(in.txid)
+		drainAgent(in.agent, in.txid)
 	}
 	return fmt.Errorf("%w: %v", ErrAborted, f)
 }
@@ -286,8 +404,7 @@ func (p *Process) abortIncoming(in *incoming, code uint32, cause error) error {
 // kernel reset the agent's end, and the agent would then see ECONNRESET or
 // EPIPE before it reads our Abort and report a lost target instead of the
 // real reason.
-func (p *Process) drainAgent(txid uint64) {
-	c := p.agent
+func drainAgent(c *wire.Conn, txid uint64) {
 	c.SetReadDeadline(time.Now().Add(abortDrainBound))
 	defer c.SetReadDeadline(time.Time{})
 	for {
@@ -318,16 +435,20 @@ func (in *incoming) endGCHold() {
 }
 
 // fail records the first thing that went wrong while adopting.
-func (in *incoming) fail(code uint32, err error) {
+func (in *incoming) fail(code wire.Code, err error) {
 	in.mu.Lock()
-	if in.errCode == 0 {
+	first := in.errCode == 0
+	if first {
 		in.errCode, in.err = code, err
 	}
 	in.mu.Unlock()
+	if first && in.wake != nil {
+		in.wake()
+	}
 }
 
 // failure is what fail recorded: code 0 if nothing.
-func (in *incoming) failure() (uint32, error) {
+func (in *incoming) failure() (wire.Code, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return in.errCode, in.err
@@ -394,6 +515,87 @@ func (in *incoming) adopt(bi wire.BatchInfo, fds []int) {
 	if firstErr != nil {
 		fail(firstErr)
 	}
+}
+
+// holdCopies takes one copy batch's descriptors, to hold untouched until
+// their verdicts. Adopting them now costs the pause nothing: listeners
+// and packet sockets become net objects, connections sockConns (which
+// make no system call until used).
+func (in *incoming) holdCopies(bi wire.BatchInfo, fds []int) {
+	defer wire.CloseAll(fds)
+	slab := in.res.takeSlab(len(bi.Entries))
+	var firstErr error
+	for i, e := range bi.Entries {
+		h := heldCopy{key: e.Key}
+		var err error
+		switch e.Kind {
+		case wire.KindConn:
+			h.conn = &slab[i]
+			h.conn.init(fds[i], e.Key)
+			fds[i] = -1 // owned by the connection now
+		case wire.KindListener:
+			f := os.NewFile(uintptr(fds[i]), "handoff-socket")
+			h.ln, err = net.FileListener(f)
+			f.Close()
+			fds[i] = -1
+		case wire.KindPacket:
+			f := os.NewFile(uintptr(fds[i]), "handoff-socket")
+			h.pc, err = net.FilePacketConn(f)
+			f.Close()
+			fds[i] = -1
+		}
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("adopt copy %d (kind %d): %w", len(in.copies), e.Kind, err)
+		}
+		in.copies = append(in.copies, h) // an empty one if it failed
+	}
+	if firstErr != nil {
+		in.fail(wire.CodeImport, firstErr)
+	}
+}
+
+// applySeal carries out one Seal's verdicts: a kept copy joins what
+// Ready hands out, with its state; a dropped one is closed.
+func (in *incoming) applySeal(m wire.Msg) {
+	defer m.CloseFDs()
+	si := &in.si
+	err := wire.DecodeSealInto(si, m.Body, len(m.FDs))
+	if err == nil {
+		err = in.got.Seal(si) // checks every index, once each
+	}
+	if err != nil {
+		in.fail(wire.CodeMalformed, err)
+		return
+	}
+	step("seal")
+	if si.Memfd {
+		all, err := wire.ReadStateMemfd(m.FDs[0], si.StateSum)
+		if err != nil {
+			in.fail(wire.CodeImport, err)
+			return
+		}
+		wire.SplitSealStates(si, all)
+	}
+	in.mu.Lock()
+	conns := growImported(in.conns, len(si.Entries))
+	for _, e := range si.Entries {
+		h := &in.copies[e.Index]
+		if e.Verdict == wire.SealDrop {
+			h.close()
+			continue
+		}
+		switch {
+		case h.conn != nil:
+			conns = append(conns, Imported{Conn: h.conn, State: e.State})
+		case h.ln != nil:
+			in.listeners[h.key] = h.ln
+		case h.pc != nil:
+			in.packets[h.key] = h.pc
+		}
+		*h = heldCopy{}
+	}
+	in.conns = conns
+	in.mu.Unlock()
 }
 
 // finish is Ready for a process that received a handoff: tell the source
@@ -470,7 +672,7 @@ func (in *incoming) finish(p *Process) ([]Imported, error) {
 	p.in = nil
 	p.mu.Unlock()
 	step("served")
-	_ = p.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
+	_ = in.agent.Send(wire.Msg{Header: wire.Header{Type: wire.TypeServing, TxID: in.txid}, Body: wire.Stamp{MonoNS: wire.Monotonic()}.Marshal()})
 	return conns, nil
 }
 

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // key names a listening socket across processes: the arguments the
@@ -122,6 +125,7 @@ func (g *sockGate) open() {
 // migration can close while it exports the socket.
 type listener struct {
 	sockGate
+	copyMark
 	p   *Process
 	key string
 	ln  net.Listener
@@ -157,7 +161,16 @@ func (l *listener) Close() error {
 	l.open()
 	l.p.mu.Lock()
 	delete(l.p.listeners, l)
+	// A pre-copy holds a copy: without a shutdown the socket would go
+	// on listening until the seal drops the copy. Once the freeze took
+	// the listener it moves, and the shutdown would stop it in the new
+	// process too.
+	x := l.p.export
+	shut := x != nil && l.copyGen == x.gen && !slices.Contains(x.listeners, l)
 	l.p.mu.Unlock()
+	if shut {
+		shutdownRaw(l.raw)
+	}
 	return l.ln.Close()
 }
 
@@ -218,6 +231,7 @@ func (p *Process) Listen(network, addr string) (net.Listener, error) {
 // exports the socket.
 type packetConn struct {
 	sockGate
+	copyMark
 	net.PacketConn
 	p   *Process
 	key string
@@ -308,6 +322,33 @@ func (p *Process) ListenPacket(network, addr string) (net.PacketConn, error) {
 	}
 	p.mu.Unlock()
 	return c, nil
+}
+
+// copyMark says which pre-copy sent a socket, and as which copy: copyGen
+// is the export's gen (0 for none), copyIdx the copy's index. Under p.mu.
+type copyMark struct {
+	copyGen uint64
+	copyIdx uint32
+}
+
+// dupRaw duplicates the descriptor behind raw (close-on-exec) while raw
+// holds it, so that a close racing the call cannot hand the number to
+// another socket first.
+func dupRaw(raw syscall.RawConn) (int, error) {
+	nfd := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	return nfd, nil
+}
+
+// shutdownRaw shuts down both directions of the socket behind raw.
+func shutdownRaw(raw syscall.RawConn) {
+	_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
 }
 
 // rawFD returns the descriptor behind raw. It stays valid while the

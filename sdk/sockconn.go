@@ -131,6 +131,32 @@ func (c *sockConn) sysfd() (int, error) {
 	return c.fd, nil
 }
 
+// dup duplicates the descriptor, for a pre-copy, while the connection
+// holds it open.
+func (c *sockConn) dup() (int, error) {
+	if c.gone.Load() {
+		return -1, c.opError("export", fs.ErrClosed)
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if f := c.f.Load(); f != nil {
+		raw, err := f.SyscallConn()
+		if err != nil {
+			return -1, c.opError("export", err)
+		}
+		fd, err := dupRaw(raw)
+		return fd, c.opError("export", err)
+	}
+	if c.closed {
+		return -1, c.opError("export", fs.ErrClosed)
+	}
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, c.opError("export", os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err))
+	}
+	return fd, nil
+}
+
 // release gives up the descriptor to the caller, who closes it, if it
 // never reached the poller; otherwise it reports false and the caller
 // closes the connection as usual. Later operations fail as after Close.

@@ -3,8 +3,11 @@ package handoff
 import (
 	"fmt"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Hooks let the SDK stop, resume and release one tracked connection.
@@ -31,6 +34,9 @@ type Tracked struct {
 	raw    syscall.RawConn // nil for an imported connection (sc)
 	sc     *sockConn
 	hooks  Hooks
+	copyMark
+	moved     bool          // moved to another process, under p.mu
+	frozenGen atomic.Uint64 // the gen of the export that froze it
 
 	// pos is its place in its process's trackList, under p.mu; -1 when
 	// it is not on it.
@@ -78,6 +84,11 @@ func (l *trackList) remove(t *Tracked) {
 	}
 }
 
+// has reports whether t is on the list.
+func (l *trackList) has(t *Tracked) bool {
+	return t.pos >= 0 && t.pos < len(l.ts) && l.ts[t.pos] == t
+}
+
 // appendTo appends the tracked connections to dst, oldest first.
 func (l *trackList) appendTo(dst []*Tracked) []*Tracked {
 	for _, t := range l.ts {
@@ -94,6 +105,14 @@ func (t *Tracked) fd() (int, error) {
 		return t.sc.sysfd()
 	}
 	return rawFD(t.raw)
+}
+
+// dup duplicates the connection's descriptor, for a pre-copy.
+func (t *Tracked) dup() (int, error) {
+	if t.sc != nil {
+		return t.sc.dup()
+	}
+	return dupRaw(t.raw)
 }
 
 // Track puts c under handoff's care: the next outgoing migration freezes
@@ -139,14 +158,49 @@ func (p *Process) Track(c net.Conn, h Hooks) (*Tracked, error) {
 	return t, nil
 }
 
-// Untrack takes the connection out of handoff's care, typically just
-// before the application closes it. It waits for a migration that is
-// freezing this connection to finish with it.
+// Untrack takes the connection out of handoff's care while the
+// application goes on using it. To end the connection, use Close.
 func (t *Tracked) Untrack() {
 	p := t.p
 	p.mu.Lock()
 	p.tracked.remove(t)
 	p.mu.Unlock()
+}
+
+// Close untracks the connection and closes it, shutting it down first so
+// that the peer sees the end at once: while a migration pre-copies, the
+// new process holds a copy of the descriptor, and a plain close would
+// leave the connection open until the migration drops that copy. An
+// application that closes a tracked connection otherwise must call
+// CloseRead and CloseWrite (shutdown) before Close. After a migration
+// moved the connection, Close does nothing and returns ErrMoved: the
+// connection belongs to the new process.
+func (t *Tracked) Close() error {
+	p := t.p
+	p.mu.Lock()
+	moved := t.moved
+	frozen := false
+	if x := p.export; x != nil {
+		frozen = t.frozenGen.Load() == x.gen
+	}
+	if !moved {
+		p.tracked.remove(t)
+	}
+	p.mu.Unlock()
+	switch {
+	case moved:
+		return ErrMoved
+	case frozen:
+		// A migration froze it and may move it: a shutdown would end
+		// it in the new process too.
+		return t.conn.Close()
+	}
+	if t.sc != nil {
+		_ = t.sc.shutdown(unix.SHUT_RDWR, "shutdown")
+	} else {
+		shutdownRaw(t.raw)
+	}
+	return t.conn.Close()
 }
 
 // noteAccepted remembers a connection Accept handed out, so a migration

@@ -59,6 +59,20 @@ const (
 	// BatchMemfd: the last descriptor is a sealed memfd holding the state
 	// records of all entries, concatenated in entry order.
 	BatchMemfd uint16 = 1
+	// BatchCopy (version 3, pre-copy): the entries are copies the source
+	// sent while it still serves; they carry no state, and a Seal later
+	// says which of them move and with what state. Never with BatchMemfd.
+	BatchCopy uint16 = 2
+)
+
+// Header flags of Prepare and Begin.
+const (
+	// PrepareCopy (version 3): pre-copy. The source sends every
+	// descriptor it will move in copy batches while it serves, then
+	// freezes and sends the states in Seal messages.
+	PrepareCopy uint16 = 1
+	// BeginCopy (version 3): the transfer that follows is a pre-copy.
+	BeginCopy uint16 = 1
 )
 
 // Limits of batch contents.
@@ -67,57 +81,59 @@ const (
 	MaxState = 64 << 20 // bytes in one connection's state record
 )
 
-// Codes carried by Error and Abort.
+// Code says why a transaction or a session failed. It travels in Error
+// and Abort as a uint32; a receiver accepts any value, known or not.
+type Code uint32
+
+// Codes carried by Error and Abort, and by the agent's results.
 const (
-	CodeVersion     uint32 = 1  // no common protocol version
-	CodeMalformed   uint32 = 2  // a message did not decode
-	CodeRefused     uint32 = 3  // not allowed for this peer
-	CodeBusy        uint32 = 4  // the session is in another transaction
-	CodeInternal    uint32 = 5  // the agent failed
-	CodeNotFound    uint32 = 6  // no such session
-	CodeDeadline    uint32 = 7  // the transaction's deadline passed
-	CodeSourceLost  uint32 = 8  // the source went away before exporting everything
-	CodeTargetLost  uint32 = 9  // the target went away before it was ready
-	CodeImport      uint32 = 10 // the target could not take the descriptors (EMFILE …)
-	CodeExport      uint32 = 11 // the source could not export
-	CodeCancelled   uint32 = 12 // an administrator or shutdown cancelled it
-	CodeUnexpected  uint32 = 13 // a message arrived that the state does not allow
-	CodeAgentClosed uint32 = 14 // the agent is shutting down
+	CodeVersion     Code = 1  // no common protocol version
+	CodeMalformed   Code = 2  // a message did not decode
+	CodeRefused     Code = 3  // not allowed for this peer
+	CodeBusy        Code = 4  // the session is in another transaction
+	CodeInternal    Code = 5  // the agent failed
+	CodeNotFound    Code = 6  // no such session
+	CodeDeadline    Code = 7  // the transaction's deadline passed
+	CodeSourceLost  Code = 8  // the source went away before exporting everything
+	CodeTargetLost  Code = 9  // the target went away before it was ready
+	CodeImport      Code = 10 // the target could not take the descriptors (EMFILE …)
+	CodeExport      Code = 11 // the source could not export
+	CodeCancelled   Code = 12 // an administrator or shutdown cancelled it
+	CodeUnexpected  Code = 13 // a message arrived that the state does not allow
+	CodeAgentClosed Code = 14 // the agent is shutting down
+	// CodeNotClaimed: descriptors the agent stored for a restarting
+	// process were closed before any process claimed them (the hold
+	// expired, or the agent shut down). Only in the agent's results,
+	// never sent.
+	CodeNotClaimed Code = 15
 )
 
-// CodeName is a short CamelCase name of a code, for logs and reports.
-func CodeName(c uint32) string {
-	switch c {
-	case CodeVersion:
-		return "Version"
-	case CodeMalformed:
-		return "Malformed"
-	case CodeRefused:
-		return "Refused"
-	case CodeBusy:
-		return "Busy"
-	case CodeInternal:
-		return "Internal"
-	case CodeNotFound:
-		return "NotFound"
-	case CodeDeadline:
-		return "DeadlineExceeded"
-	case CodeSourceLost:
-		return "SourceLost"
-	case CodeTargetLost:
-		return "TargetLost"
-	case CodeImport:
-		return "ImportFailed"
-	case CodeExport:
-		return "ExportFailed"
-	case CodeCancelled:
-		return "Cancelled"
-	case CodeUnexpected:
-		return "UnexpectedMessage"
-	case CodeAgentClosed:
-		return "AgentClosed"
+var codeNames = map[Code]string{
+	CodeVersion: "Version", CodeMalformed: "Malformed", CodeRefused: "Refused",
+	CodeBusy: "Busy", CodeInternal: "Internal", CodeNotFound: "NotFound",
+	CodeDeadline: "DeadlineExceeded", CodeSourceLost: "SourceLost", CodeTargetLost: "TargetLost",
+	CodeImport: "ImportFailed", CodeExport: "ExportFailed", CodeCancelled: "Cancelled",
+	CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed", CodeNotClaimed: "NotClaimed",
+}
+
+// String is a short CamelCase name of c, for logs and reports; a code
+// this side does not know is "Code<n>".
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
 	}
-	return fmt.Sprintf("Code%d", c)
+	return fmt.Sprintf("Code%d", uint32(c))
+}
+
+// Codes lists every code this side knows, in ascending order: for the
+// tables that must cover each one.
+func Codes() []Code {
+	cs := make([]Code, 0, len(codeNames))
+	for c := range codeNames {
+		cs = append(cs, c)
+	}
+	slices.Sort(cs)
+	return cs
 }
 
 // enc appends little-endian fields.
@@ -253,7 +269,7 @@ func (w *Welcome) Unmarshal(b []byte) error {
 // Failure is the body of Error and Abort: a code and a reason a person can
 // act on.
 type Failure struct {
-	Code   uint32
+	Code   Code
 	Reason string
 }
 
@@ -264,7 +280,7 @@ func (f Failure) Marshal() []byte {
 		r = r[:4096]
 	}
 	e := enc{make([]byte, 0, 8+len(r))}
-	e.u32(f.Code)
+	e.u32(uint32(f.Code))
 	e.str(r)
 	return e.b
 }
@@ -272,12 +288,13 @@ func (f Failure) Marshal() []byte {
 // Unmarshal decodes b into f.
 func (f *Failure) Unmarshal(b []byte) error {
 	d := dec{b: b}
-	f.Code = d.u32()
+	f.Code = Code(d.u32())
 	f.Reason = d.str()
 	return d.done("failure")
 }
 
-func (f Failure) Error() string { return CodeName(f.Code) + ": " + f.Reason }
+// Error is the code's name and the reason.
+func (f Failure) Error() string { return f.Code.String() + ": " + f.Reason }
 
 // Prepare asks a source to freeze and export. It carries one descriptor:
 // the source's end of the private pair to the target (or to the agent,
@@ -340,11 +357,22 @@ type Summary struct {
 	StateBytes                uint64
 	FreezeStartNS             uint64 // CLOCK_MONOTONIC when the source stopped serving
 	ExportDoneNS              uint64 // CLOCK_MONOTONIC when the last batch was sent
+	// Copies and Seals (version 3, pre-copy only): the entries of copy
+	// batches, and the Seal messages. With both 0 the body is the 40
+	// bytes of versions 1 and 2.
+	Copies, Seals uint32
 }
+
+// summaryLen and summaryCopyLen are the Summary body sizes without and
+// with the pre-copy counts.
+const (
+	summaryLen     = 40
+	summaryCopyLen = 48
+)
 
 // Marshal encodes s.
 func (s Summary) Marshal() []byte {
-	e := enc{make([]byte, 0, 40)}
+	e := enc{make([]byte, 0, summaryCopyLen)}
 	e.u32(s.Listeners)
 	e.u32(s.Conns)
 	e.u32(s.Packets)
@@ -352,6 +380,10 @@ func (s Summary) Marshal() []byte {
 	e.u64(s.StateBytes)
 	e.u64(s.FreezeStartNS)
 	e.u64(s.ExportDoneNS)
+	if s.Copies != 0 || s.Seals != 0 {
+		e.u32(s.Copies)
+		e.u32(s.Seals)
+	}
 	return e.b
 }
 
@@ -360,6 +392,10 @@ func (s *Summary) Unmarshal(b []byte) error {
 	d := dec{b: b}
 	s.Listeners, s.Conns, s.Packets, s.Batches = d.u32(), d.u32(), d.u32(), d.u32()
 	s.StateBytes, s.FreezeStartNS, s.ExportDoneNS = d.u64(), d.u64(), d.u64()
+	s.Copies, s.Seals = 0, 0
+	if len(b) == summaryCopyLen {
+		s.Copies, s.Seals = d.u32(), d.u32()
+	}
 	return d.done("summary")
 }
 
@@ -396,6 +432,28 @@ type Entry struct {
 type Batch struct {
 	Entries []Entry
 	Memfd   bool
+}
+
+// AppendCopyBatch encodes entries (their states are ignored) as a copy
+// batch (BatchCopy): the body and its flags, which the header repeats.
+func AppendCopyBatch(dst []byte, entries []Entry) (body []byte, flags uint16) {
+	size := 8
+	for i := range entries {
+		size += entryFixed + len(entries[i].Key)
+	}
+	e := enc{slices.Grow(dst, size)}
+	e.u16(uint16(len(entries)))
+	e.u16(BatchCopy)
+	e.u32(0)
+	for i := range entries {
+		en := &entries[i]
+		e.u8(en.Kind)
+		e.u8(0)
+		e.u16(uint16(len(en.Key)))
+		e.u32(0)
+		e.b = append(e.b, en.Key...)
+	}
+	return e.b, BatchCopy
 }
 
 const entryFixed = 8 // kind, reserved, key length, state length
@@ -456,6 +514,7 @@ type BatchInfo struct {
 	Entries   []Entry // State is filled for inline batches
 	StateLens []uint32
 	Memfd     bool
+	Copy      bool // BatchCopy: pre-copied entries, without states
 	StateSum  uint64
 }
 
@@ -480,7 +539,8 @@ func DecodeBatchInto(bi *BatchInfo, body []byte, nfds int) error {
 		return fmt.Errorf("decode batch: %w", d.err)
 	}
 	bi.Memfd = flags&BatchMemfd != 0
-	if flags&^BatchMemfd != 0 {
+	bi.Copy = flags&BatchCopy != 0
+	if flags&^(BatchMemfd|BatchCopy) != 0 || (bi.Memfd && bi.Copy) {
 		return fmt.Errorf("decode batch: %w: unknown flags %#x", ErrMalformed, flags)
 	}
 	want := count
@@ -512,6 +572,9 @@ func DecodeBatchInto(bi *BatchInfo, body []byte, nfds int) error {
 		}
 		if slen > MaxState {
 			return fmt.Errorf("decode batch: %w: entry %d state of %d bytes, limit %d", ErrTooLarge, i, slen, MaxState)
+		}
+		if bi.Copy && slen != 0 {
+			return fmt.Errorf("decode batch: %w: copy entry %d carries a state of %d bytes", ErrMalformed, i, slen)
 		}
 		bi.Entries[i].Kind = kind
 		bi.Entries[i].Key = key(d.take(klen))

@@ -103,6 +103,17 @@ func TestFailureReasonCut(t *testing.T) {
 	}
 }
 
+func TestFailureUnknownCode(t *testing.T) {
+	// A receiver accepts a code it does not know, and names it by value.
+	var f Failure
+	if err := f.Unmarshal([]byte{0xe7, 0x03, 0, 0, 2, 0, 'n', 'o'}); err != nil || f.Code != 999 || f.Reason != "no" {
+		t.Fatalf("failure with code 999: %+v, %v", f, err)
+	}
+	if got := f.Error(); got != "Code999: no" {
+		t.Fatalf("Error() = %q, want %q", got, "Code999: no")
+	}
+}
+
 func TestSummaryTotal(t *testing.T) {
 	if n := (Summary{Listeners: 2, Conns: 300, Packets: 1, Batches: 9}).Total(); n != 303 {
 		t.Fatalf("total %d, want 303", n)

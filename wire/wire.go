@@ -39,7 +39,9 @@ const (
 	// MaxVersion is the newest protocol version this package speaks.
 	// Version 2 adds HelloAsk and WelcomeStandby: the agent tells a
 	// joining process whether a predecessor will hand over to it.
-	MaxVersion = 2
+	// Version 3 adds the pre-copy: the source sends its descriptors while
+	// it serves, and only the state records (Seal) inside the pause.
+	MaxVersion = 3
 )
 
 // Type says what a message is. Values are stable: they are on the wire.
@@ -60,6 +62,7 @@ const (
 	TypeCommit    Type = 11 // source → target (pair): copies closed, serve
 	TypeCommitted Type = 12 // source → agent: committed
 	TypeServing   Type = 13 // target → agent: serving, with a timestamp
+	TypeSeal      Type = 14 // source → agent → target (version 3): states of pre-copied descriptors
 	TypeRequest   Type = 20 // admin → agent: JSON request
 	TypeResponse  Type = 21 // agent → admin: JSON response
 	TypeProgress  Type = 22 // agent → admin: JSON progress of a long request
@@ -70,6 +73,7 @@ var typeNames = map[Type]string{
 	TypePrepare: "Prepare", TypeBatch: "Batch", TypeExported: "Exported",
 	TypeBegin: "Begin", TypeEnd: "End", TypeAbort: "Abort", TypeReady: "Ready",
 	TypeCommit: "Commit", TypeCommitted: "Committed", TypeServing: "Serving",
+	TypeSeal:    "Seal",
 	TypeRequest: "Request", TypeResponse: "Response", TypeProgress: "Progress",
 }
 

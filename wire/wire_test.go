@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,11 +82,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"31 bytes", valid()[:HeaderLen-1], 0, ErrShort, "31 bytes"},
 		{"bad magic", func() []byte { b := valid(); b[0] = 'X'; return b }(), 0, ErrMagic, `"XOFF"`},
 		{"lower-case magic", func() []byte { b := valid(); copy(b, "hoff"); return b }(), 0, ErrMagic, ""},
-		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..2)"},
-		{"version 3", func() []byte { b := valid(); b[4] = 3; return b }(), 0, ErrVersion, "3"},
+		{"version 0", func() []byte { b := valid(); b[4] = 0; return b }(), 0, ErrVersion, "0 (this side speaks 1..3)"},
+		{"version 4", func() []byte { b := valid(); b[4] = 4; return b }(), 0, ErrVersion, "4"},
 		{"version 255", func() []byte { b := valid(); b[4] = 255; return b }(), 0, ErrVersion, "255"},
 		{"type 0", func() []byte { b := valid(); b[5] = 0; return b }(), 0, ErrType, ": 0"},
-		{"type 14", func() []byte { b := valid(); b[5] = 14; return b }(), 0, ErrType, ": 14"},
+		{"type 15", func() []byte { b := valid(); b[5] = 15; return b }(), 0, ErrType, ": 15"},
 		{"type 23", func() []byte { b := valid(); b[5] = 23; return b }(), 0, ErrType, ": 23"},
 		{"type 255", func() []byte { b := valid(); b[5] = 255; return b }(), 0, ErrType, ": 255"},
 		{"body longer than announced", append(valid(), 'd'), 0, ErrBodyLen, "header says 3, datagram carries 4"},
@@ -132,8 +133,8 @@ func TestTypes(t *testing.T) {
 			t.Errorf("unknown type %d prints %q", i, typ.String())
 		}
 	}
-	if known != 16 {
-		t.Fatalf("%d known types, want 16", known)
+	if known != 17 {
+		t.Fatalf("%d known types, want 17", known)
 	}
 	// Values are on the wire: they must never change.
 	stable := map[Type]uint8{TypeHello: 1, TypeWelcome: 2, TypeError: 3, TypePrepare: 4, TypeBatch: 5, TypeExported: 6, TypeBegin: 7,
@@ -147,20 +148,24 @@ func TestTypes(t *testing.T) {
 }
 
 func TestCodeNames(t *testing.T) {
-	want := map[uint32]string{
-		CodeVersion: "Version", CodeMalformed: "Malformed", CodeRefused: "Refused", CodeBusy: "Busy",
-		CodeInternal: "Internal", CodeNotFound: "NotFound", CodeDeadline: "DeadlineExceeded", CodeSourceLost: "SourceLost",
-		CodeTargetLost: "TargetLost", CodeImport: "ImportFailed", CodeExport: "ExportFailed", CodeCancelled: "Cancelled",
-		CodeUnexpected: "UnexpectedMessage", CodeAgentClosed: "AgentClosed",
+	// The values travel and the names are in results and logs: both stay.
+	want := map[Code]string{
+		1: "Version", 2: "Malformed", 3: "Refused", 4: "Busy", 5: "Internal", 6: "NotFound",
+		7: "DeadlineExceeded", 8: "SourceLost", 9: "TargetLost", 10: "ImportFailed",
+		11: "ExportFailed", 12: "Cancelled", 13: "UnexpectedMessage", 14: "AgentClosed", 15: "NotClaimed",
 	}
-	for code := uint32(1); code <= 14; code++ {
-		if CodeName(code) != want[code] {
-			t.Errorf("CodeName(%d) = %q, want %q", code, CodeName(code), want[code])
+	codes := Codes()
+	if len(codes) != len(want) || !slices.IsSorted(codes) {
+		t.Errorf("Codes() = %v, want the %d codes in order", codes, len(want))
+	}
+	for _, c := range codes {
+		if c.String() != want[c] {
+			t.Errorf("Code(%d).String() = %q, want %q", uint32(c), c.String(), want[c])
 		}
 	}
-	for _, c := range []uint32{0, 15, 1 << 31} {
-		if got := CodeName(c); got != "Code"+strconv.Itoa(int(c)) {
-			t.Errorf("CodeName(%d) = %q", c, got)
+	for _, c := range []Code{0, 16, 1 << 31} {
+		if got := c.String(); got != "Code"+strconv.FormatUint(uint64(c), 10) {
+			t.Errorf("Code(%d).String() = %q", uint32(c), got)
 		}
 	}
 	if got := (Failure{Code: CodeImport, Reason: "too many open files"}).Error(); got != "ImportFailed: too many open files" {
@@ -175,12 +180,13 @@ func TestNegotiate(t *testing.T) {
 		ok       bool
 	}{
 		{1, 1, 1, true},
-		{1, 9, 2, true},
+		{1, 9, 3, true},
 		{0, 1, 1, true},
-		{0, 65535, 2, true},
+		{0, 65535, 3, true},
 		{1, 2, 2, true},
-		{2, 3, 2, true},
-		{3, 4, 0, false},
+		{2, 3, 3, true},
+		{3, 4, 3, true},
+		{4, 5, 0, false},
 		{0, 0, 0, false},
 		{1, 0, 0, false}, // min above max
 		{65535, 65535, 0, false},

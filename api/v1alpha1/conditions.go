@@ -33,8 +33,10 @@ const (
 )
 
 // Condition reasons. Each failure has its own, so a user (or a script) can
-// tell what to fix.
+// tell what to fix. EndReasons lists those a Migration can end with.
 const (
+	// ReasonPending: the controller has not validated the pods yet.
+	ReasonPending = "Pending"
 	// ReasonValid: both pods and containers exist, run and share a node
 	// and a network namespace.
 	ReasonValid = "Valid"
@@ -111,6 +113,24 @@ const (
 	// ReasonSourceDeleteFailed: deleting the source pod failed; retried.
 	ReasonSourceDeleteFailed = "SourceDeleteFailed"
 )
+
+// EndReasons lists every reason the Ready condition of a finished
+// Migration (phase Completed or Failed) can carry: Transferred for
+// success, and each failure's. The README's table has one row for each.
+func EndReasons() []string {
+	return []string{
+		ReasonTransferred,
+		// The controller's validation, failing at once or at the deadline.
+		ReasonSourcePodNotFound, ReasonTargetPodNotFound, ReasonPodTerminating, ReasonContainerNotFound,
+		ReasonNotScheduled, ReasonPodNotRunning, ReasonContainerNotRunning,
+		ReasonDifferentNodes, ReasonNetworkNamespaceNotShared, ReasonPending,
+		// The controller, once the Migration was scheduled.
+		ReasonNodeNotFound, ReasonAgentUnavailable, ReasonDeadlineExceeded,
+		// The node agent's Transferred condition.
+		ReasonProcessNotFound, ReasonContainerMismatch, ReasonSourceLost, ReasonTargetLost,
+		ReasonTransferFailed, ReasonImageUpdateFailed,
+	}
+}
 
 // TimeoutOrDefault is spec.timeout, or DefaultTimeout.
 func (s *MigrationSpec) TimeoutOrDefault() time.Duration {

@@ -16,7 +16,10 @@
 // It prints the targets of issue #12 and whether the medians over the
 // migrations meet them, and measures the baseline a user would otherwise
 // have: stop the old process, start the new one, and count the
-// connections that were reset.
+// connections that were reset. With -python it also migrates, in the same
+// run, from the Go streamer to examples/pystreamer and back (after the
+// request/response clients stopped: the Python streamer has no /echo), and
+// reports those pauses beside the Go-to-Go pause and the floor.
 //
 // Every process stays within N descriptors and about a thousand more: the
 // floor's client ends live in a process of their own, the echo clients in
@@ -68,6 +71,9 @@ type migRow struct {
 	baseResets  int64
 	baseClosed  int64
 	baseDown    time.Duration
+	// toPy and fromPy are the pauses of migrations to and from a Python
+	// streamer (-python).
+	toPy, fromPy []time.Duration
 }
 
 func main() {
@@ -94,8 +100,18 @@ func main() {
 		echoInt = flag.Duration("echo-interval", 10*time.Millisecond, "interval between two requests of one request/response client")
 		floorOn = flag.Bool("floor-only", false, "measure the idle floors only, no migrations")
 		targetN = flag.Int("target-min-n", 5000, "the smallest N the targets apply to")
+		python  = flag.String("python", "", "path of examples/pystreamer/pystreamer.py: also migrate to a Python streamer and back, reps times each (needs python3 3.11 or newer)")
 	)
 	flag.Parse()
+	if *python != "" {
+		dir, err := pythonBin(*bin, *python)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(2)
+		}
+		defer os.RemoveAll(dir)
+		*bin = dir
+	}
 	soft, hard, err := fdlimit.Raise()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -136,7 +152,7 @@ func main() {
 			t = max(250*time.Millisecond, time.Duration(n)*time.Second/20000)
 		}
 		cfg := benchConfig{bin: *bin, n: n, reps: *reps, floorReps: *fReps, rate: *rate, tick: t, newRate: *newRate,
-			verbose: *verbose, expectDefault: *expDef, echoClients: *echoN, echoInterval: *echoInt}
+			verbose: *verbose, expectDefault: *expDef, echoClients: *echoN, echoInterval: *echoInt, python: *python != ""}
 		r, err := benchN(ctx, cfg)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench N=%d FAILED: %v\n", n, err)
@@ -158,6 +174,38 @@ func logf(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
+// pythonBin makes a directory with the agent and the Go streamer of bin
+// and a pystreamer that runs script with python3, for harness.Env.
+func pythonBin(bin, script string) (string, error) {
+	abs, err := filepath.Abs(script)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("-python: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "handoff-bench-bin-")
+	if err != nil {
+		return "", err
+	}
+	for _, b := range []string{"nodeagent", "streamer"} {
+		src, err := filepath.Abs(filepath.Join(bin, b))
+		if err == nil {
+			err = os.Symlink(src, filepath.Join(dir, b))
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
+	}
+	sh := "#!/bin/sh\nexec python3 -u " + abs + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "pystreamer"), []byte(sh), 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
 // benchConfig is one N's run.
 type benchConfig struct {
 	bin                      string
@@ -167,6 +215,7 @@ type benchConfig struct {
 	verbose, expectDefault   bool
 	echoClients              int
 	echoInterval             time.Duration
+	python                   bool // also migrate to a Python streamer and back
 }
 
 func benchN(ctx context.Context, c benchConfig) (migRow, error) {
@@ -294,10 +343,6 @@ func benchN(ctx context.Context, c benchConfig) (migRow, error) {
 		}
 		cur, sess = next, nsess
 	}
-	r.stats = client.Stop()
-	if f := r.stats.Failures(); len(f) > 0 || r.stats.Alive != n {
-		return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
-	}
 	if echo != nil {
 		st, trips, err := echo.stop()
 		if err != nil {
@@ -310,6 +355,15 @@ func benchN(ctx context.Context, c benchConfig) (migRow, error) {
 		r.echo.stats = st
 		logf("N=%d: %v", n, st)
 	}
+	if c.python {
+		if cur, sess, err = benchPython(ctx, env, adm, client, &r, cur, sess, reps, rate, tick); err != nil {
+			return r, err
+		}
+	}
+	r.stats = client.Stop()
+	if f := r.stats.Failures(); len(f) > 0 || r.stats.Alive != n {
+		return r, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
+	}
 	env.Close()
 
 	// The baseline: the same load against a process that is stopped and
@@ -320,6 +374,67 @@ func benchN(ctx context.Context, c benchConfig) (migRow, error) {
 	}
 	r.baseResets, r.baseClosed, r.baseDown = base.Resets+base.Errors, base.Closed, base.downtime
 	return r, nil
+}
+
+// benchPython migrates reps times from the Go streamer to a Python one and
+// back, under the same clients, and records both pauses.
+func benchPython(ctx context.Context, env *harness.Env, adm *admin.Client, client *loadclient.Client, r *migRow, cur *harness.Proc, sess admin.Session, reps, rate int, tick time.Duration) (*harness.Proc, admin.Session, error) {
+	hop := func(label string, py bool) (time.Duration, error) {
+		var next *harness.Proc
+		var err error
+		if py {
+			next, err = env.Start(label, "pystreamer", "--addr", "127.0.0.1:0", "--socket", env.Socket(), "--rate", strconv.Itoa(rate),
+				"--tick", strconv.FormatFloat(tick.Seconds(), 'f', -1, 64), "--standby", "--standby-timeout", "120")
+		} else {
+			next, err = env.StartStreamer(harness.Streamer{Label: label, Addr: "127.0.0.1:0", Rate: rate, Tick: tick, Standby: true, Expect: r.n})
+		}
+		if err != nil {
+			return 0, err
+		}
+		nsess, err := adm.WaitSession(int32(next.Pid()), 20*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		if err := client.WaitAdvanced(ctx, client.Mark(), int64(rate)*int64(tick)/int64(time.Second)); err != nil {
+			return 0, err
+		}
+		mark := client.Mark()
+		res, err := adm.Migrate(admin.Request{From: sess.ID, To: nsess.ID}, nil)
+		if err != nil {
+			return 0, err
+		}
+		if res.Phase != "Completed" {
+			return 0, fmt.Errorf("migration to %s %s: %s: %s", label, res.Phase, res.Reason, res.Message)
+		}
+		if err := next.WaitServing(30 * time.Second); err != nil {
+			return 0, err
+		}
+		if err := cur.Wait(30 * time.Second); err != nil {
+			return 0, fmt.Errorf("old streamer: %w", err)
+		}
+		if err := client.WaitAdvanced(ctx, mark, 1); err != nil {
+			return 0, fmt.Errorf("streams did not resume in %s: %w", label, err)
+		}
+		if f := client.Snapshot().Failures(); len(f) > 0 {
+			return 0, fmt.Errorf("clients failed: %s", strings.Join(f, "; "))
+		}
+		logf("N=%d migration to %s: %d descriptors, pause %v, total %v", r.n, label,
+			res.Connections+res.Listeners+res.Packets, res.Pause().Round(time.Microsecond), res.Duration().Round(time.Microsecond))
+		cur, sess = next, nsess
+		return res.Pause(), nil
+	}
+	for i := 1; i <= reps; i++ {
+		p, err := hop(fmt.Sprintf("pystreamer-%d", i), true)
+		if err != nil {
+			return cur, sess, err
+		}
+		r.toPy = append(r.toPy, p)
+		if p, err = hop(fmt.Sprintf("streamer-back-%d", i), false); err != nil {
+			return cur, sess, err
+		}
+		r.fromPy = append(r.fromPy, p)
+	}
+	return cur, sess, nil
 }
 
 type baseStats struct {
@@ -489,9 +604,24 @@ func report(rows []migRow, echoClients int, echoInterval time.Duration, targetMi
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%v\t\n", r.n, r.baseResets, r.baseClosed, r.baseDown.Round(time.Millisecond))
 	}
 	tw.Flush()
+	if len(rows) > 0 && len(rows[0].toPy) > 0 {
+		fmt.Println()
+		fmt.Println("With a Python streamer (examples/pystreamer), same run, same clients (medians):")
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "N\tfloor 2 hops\tGo → Go\tGo → Python\tPython → Go\t")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%d\t%v\t%v\t%v\t%v\t\n", r.n, r.floor.twoHop.Round(time.Microsecond), median(r.pauses).Round(time.Microsecond),
+				median(r.toPy).Round(time.Microsecond), median(r.fromPy).Round(time.Microsecond))
+		}
+		tw.Flush()
+	}
 	fmt.Println()
 	for _, r := range rows {
 		fmt.Printf("N=%d all pauses: %v\n", r.n, sorted(r.pauses))
+		if len(r.toPy) > 0 {
+			fmt.Printf("N=%d all pauses Go → Python: %v\n", r.n, sorted(r.toPy))
+			fmt.Printf("N=%d all pauses Python → Go: %v\n", r.n, sorted(r.fromPy))
+		}
 		fmt.Printf("N=%d all resumed: %v\n", r.n, sorted(r.resumes))
 		fmt.Printf("N=%d all started after the pause: %v\n", r.n, sorted(r.starts))
 		if echoClients > 0 {

@@ -64,10 +64,15 @@ type Stored struct {
 
 // Result is the outcome of one migration.
 type Result struct {
-	TxID        uint64 `json:"txid"`
-	From        uint64 `json:"from"`
-	To          uint64 `json:"to"`
-	Phase       string `json:"phase"` // Completed or Failed
+	TxID  uint64 `json:"txid"`
+	From  uint64 `json:"from"`
+	To    uint64 `json:"to"`
+	Phase string `json:"phase"` // Completed or Failed
+	// Code says why a Failed migration failed; 0 when it completed. Go
+	// callers switch on it.
+	Code wire.Code `json:"code,omitempty"`
+	// Reason is Code's name (Code.String), for people and for clients
+	// that read only the JSON.
 	Reason      string `json:"reason,omitempty"`
 	Message     string `json:"message,omitempty"`
 	Listeners   int    `json:"listeners"`
@@ -75,6 +80,15 @@ type Result struct {
 	Packets     int    `json:"packets"`
 	Batches     int    `json:"batches"`
 	StateBytes  uint64 `json:"stateBytes"`
+	// Copies is how many descriptors the source sent ahead, while it
+	// still served (a pre-copy, protocol version 3); 0 without one.
+	Copies int `json:"copies,omitempty"`
+	// Dropped is how many of the copies did not move: the source closed,
+	// untracked or skipped them during the pre-copy.
+	Dropped int `json:"dropped,omitempty"`
+	// PrecopyNS runs from Prepare to the source stopping: the pre-copy,
+	// outside the pause. 0 without one.
+	PrecopyNS int64 `json:"precopyNs,omitempty"`
 	// PauseNS runs from the source stopping to the target serving.
 	PauseNS int64 `json:"pauseNs"`
 	// DurationNS runs from the request to the outcome.

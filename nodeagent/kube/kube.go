@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -278,8 +277,8 @@ func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src,
 			fmt.Sprintf("moved %d listeners, %d connections and %d packet sockets (%d state bytes) in %d batches; pause %v, whole transfer %v",
 				res.Listeners, res.Connections, res.Packets, res.StateBytes, res.Batches, res.Pause(), res.Duration()))
 	}
-	return r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Reason),
-		fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Reason, res.Message))
+	return r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Code),
+		fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Code, res.Message))
 }
 
 // restartInPlace updates the container's image while the agent holds its
@@ -299,8 +298,10 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
 		return err
 	}
-	patched := false
 	var at steps // the pause's steps, for the breakdown in the final report
+	// patchErr is what the patch last returned; when it is an error, the
+	// store aborted for it.
+	var patchErr error
 	// The patch carries the resourceVersion it was made from, so that it
 	// cannot land on a pod that changed since (a restart, a new pod of the
 	// same name). Status writes change it too, readiness probes among
@@ -308,7 +309,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	// that exported is still the one running.
 	patch := func() error {
 		at.exported = time.Now()
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		patchErr = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			pod := &corev1.Pod{}
 			if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
 				return fmt.Errorf("get pod %s/%s: %w", mig.Namespace, src.pod, err)
@@ -329,7 +330,6 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 			if err := r.Client.Patch(ctx, pod, client.StrategicMergeFrom(orig, client.MergeFromWithOptimisticLock{}), client.FieldOwner(v1alpha1.AgentFieldManager)); err != nil {
 				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
 			}
-			patched = true
 			at.patched = time.Now()
 			r.backoff.started(key, src.lastExit, at.patched)
 			if tracked {
@@ -338,6 +338,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 			at.observed = time.Now()
 			return nil
 		})
+		return patchErr
 	}
 	outcome := make(chan admin.Result, 1)
 	start := time.Now()
@@ -349,11 +350,12 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	}
 	at.released = time.Now()
 	if res.Phase != nodeagent.PhaseCompleted {
-		reason := failureReason(res.Reason)
-		if !patched && strings.Contains(res.Message, "set the image") {
+		reason := failureReason(res.Code)
+		if patchErr != nil {
+			// The store aborted because the image could not be set.
 			reason = v1alpha1.ReasonImageUpdateFailed
 		}
-		return r.report(ctx, mig, metav1.ConditionFalse, reason, fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Reason, res.Message))
+		return r.report(ctx, mig, metav1.ConditionFalse, reason, fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Code, res.Message))
 	}
 	mig.Status.Moved = &v1alpha1.Moved{Listeners: int32(res.Listeners), Connections: int32(res.Connections),
 		PacketSockets: int32(res.Packets), StateBytes: int64(res.StateBytes), Batches: int32(res.Batches)}
@@ -370,7 +372,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		return ctx.Err()
 	}
 	if got.Phase != nodeagent.PhaseCompleted {
-		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonProcessNotFound,
+		return r.report(ctx, mig, metav1.ConditionFalse, failureReason(got.Code),
 			fmt.Sprintf("no restarted process of %v claimed the sockets: %s. Its clients were disconnected", src, got.Message))
 	}
 	for _, s := range r.Agent.Sessions() {
@@ -657,17 +659,37 @@ func moveMask(s *v1alpha1.MigrationSpec) uint32 {
 	return m
 }
 
-// failureReason maps the transaction's failure code to a condition reason.
-func failureReason(code string) string {
-	switch code {
-	case "TargetLost":
-		return v1alpha1.ReasonTargetLost
-	case "SourceLost":
-		return v1alpha1.ReasonSourceLost
-	case "DeadlineExceeded":
-		return v1alpha1.ReasonDeadlineExceeded
+// failureReason maps the agent's failure code to the reason the
+// Transferred condition ends with: codeReason's, and TransferFailed for a
+// code this agent does not know (its own results never carry one).
+func failureReason(c wire.Code) string {
+	if reason, ok := codeReason(c); ok {
+		return reason
 	}
 	return v1alpha1.ReasonTransferFailed
+}
+
+// codeReason is the reason for each failure code this agent knows; every
+// one of wire.Codes has its case (a test checks), so a new code must be
+// given its reason here.
+func codeReason(c wire.Code) (string, bool) {
+	switch c {
+	case wire.CodeTargetLost:
+		return v1alpha1.ReasonTargetLost, true
+	case wire.CodeSourceLost:
+		return v1alpha1.ReasonSourceLost, true
+	case wire.CodeDeadline:
+		return v1alpha1.ReasonDeadlineExceeded, true
+	case wire.CodeNotClaimed:
+		// No restarted process claimed what the store held.
+		return v1alpha1.ReasonProcessNotFound, true
+	case wire.CodeVersion, wire.CodeMalformed, wire.CodeRefused, wire.CodeBusy, wire.CodeInternal,
+		wire.CodeNotFound, wire.CodeImport, wire.CodeExport, wire.CodeCancelled, wire.CodeUnexpected,
+		wire.CodeAgentClosed:
+		// The transaction aborted; the message says why.
+		return v1alpha1.ReasonTransferFailed, true
+	}
+	return "", false
 }
 
 // report applies the agent's part of the status with the Transferred

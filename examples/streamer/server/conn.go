@@ -244,9 +244,13 @@ func (c *conn) run() {
 		return
 	}
 	if c.t != nil {
-		c.t.Untrack()
+		// Close shuts the connection down first: during a handoff's
+		// pre-copy the new process holds a copy, and a bare close would
+		// leave the client waiting for the end until the copy is dropped.
+		_ = c.t.Close()
+	} else {
+		_ = c.nc.Close()
 	}
-	_ = c.nc.Close()
 	c.s.finished.Add(1)
 }
 

@@ -2,7 +2,8 @@
 // listens on TCP, a unix stream socket and UDP through the SDK, tracks every
 // connection with a state record of a chosen size, and answers each one-byte
 // request with what it knows about the connection, so a test can prove that
-// a connection and its state arrived intact in another process.
+// a connection and its state arrived intact in another process. The request
+// byte 'c' asks it to end the connection instead (Tracked.Close).
 package testapp
 
 import (
@@ -229,8 +230,7 @@ func start(p *handoff.Process, c *conn, wg *sync.WaitGroup, fresh bool, cfg Conf
 		if fresh {
 			var idb [8]byte
 			if _, err := io.ReadFull(c.c, idb[:]); err != nil {
-				t.Untrack()
-				c.c.Close()
+				t.Close()
 				return
 			}
 			c.id = binary.LittleEndian.Uint64(idb[:])
@@ -280,14 +280,17 @@ func start(p *handoff.Process, c *conn, wg *sync.WaitGroup, fresh bool, cfg Conf
 					if errors.As(err, &ne) && ne.Timeout() {
 						continue
 					}
-					t.Untrack()
-					c.c.Close()
+					t.Close()
+					return
+				}
+				if req[0] == 'c' {
+					// The client asks the server to end the connection.
+					t.Close()
 					return
 				}
 				c.count++
 				if _, err := c.c.Write(c.reply()); err != nil {
-					t.Untrack()
-					c.c.Close()
+					t.Close()
 					return
 				}
 			}
