@@ -187,6 +187,7 @@ type copyBatch struct {
 	x       *exportTx
 	entries []wire.Entry
 	fds     []int
+	size    int // the body size of entries
 	body    []byte
 }
 
@@ -199,14 +200,25 @@ func (cb *copyBatch) add(kind uint8, key string, s copyable) error {
 	if err != nil {
 		return nil
 	}
+	if sz := 8 + len(key); len(cb.fds) > 0 && cb.size+sz > wire.MaxBody {
+		// Long keys (listeners' addresses) fill the body first.
+		if err := cb.send(); err != nil {
+			wire.CloseAll([]int{fd})
+			return err
+		}
+	}
 	p := cb.x.p
 	p.mu.Lock()
 	m := s.mark()
 	m.copyGen, m.copyIdx = cb.x.gen, uint32(cb.x.copies)
 	cb.x.copies++
 	p.mu.Unlock()
+	if len(cb.entries) == 0 {
+		cb.size = 8
+	}
 	cb.entries = append(cb.entries, wire.Entry{Kind: kind, Key: key})
 	cb.fds = append(cb.fds, fd)
+	cb.size += 8 + len(key)
 	if len(cb.fds) == wire.MaxFDs {
 		return cb.send()
 	}

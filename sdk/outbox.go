@@ -36,7 +36,8 @@ type outbox struct {
 
 	mu     sync.Mutex
 	items  []item        // the batch being filled
-	size   int           // its body size so far
+	size   int           // its body size so far, states inline
+	keyed  int           // its body size so far with the states in a memfd
 	seals  []item        // the seal being filled
 	full   []sealed      // sealed messages, in order, not yet sent
 	closed bool          // no more items: send what is left, then stop
@@ -89,15 +90,21 @@ func (b *outbox) add(its ...item) (sealedOne bool) {
 			continue
 		}
 		sz := 8 + len(it.entry.Key) + len(it.entry.State)
-		if len(b.items) == wire.MaxFDs || (len(b.items) == wire.MaxFDs-1 && b.size+sz > wire.MaxBody) {
+		ksz := 8 + len(it.entry.Key)
+		// Full: MaxFDs descriptors; or one slot left for the memfd the
+		// states would need; or the body too large even with the states
+		// in a memfd (long keys: listeners' addresses).
+		if len(b.items) == wire.MaxFDs || (len(b.items) == wire.MaxFDs-1 && b.size+sz > wire.MaxBody) ||
+			(len(b.items) > 0 && b.keyed+ksz > wire.MaxBody) {
 			b.sealBatchLocked()
 			sealedOne = true
 		}
 		if len(b.items) == 0 {
-			b.size = 8
+			b.size, b.keyed = 8, 8
 		}
 		b.items = append(b.items, it)
 		b.size += sz
+		b.keyed += ksz
 	}
 	return sealedOne
 }
