@@ -109,12 +109,12 @@ demo: build ## Live migrations of a streaming server under verifying clients, wi
 	$(BIN)/handoff-demo
 
 .PHONY: bench
-bench: build ## Benchmark the pause against the SCM_RIGHTS floor at N=1000 and N=5000.
-	$(BIN)/handoff-bench
+bench: build ## Pause, all resumed and request round trips against the SCM_RIGHTS floor at N=1000, 5000, 15000 (BENCH_ARGS=-reps 3).
+	$(BIN)/handoff-bench $(BENCH_ARGS)
 
 .PHONY: bench-python
 bench-python: build ## The benchmark, plus migrations to a Python streamer and back (python3 3.11+).
-	$(BIN)/handoff-bench -python examples/pystreamer/pystreamer.py
+	$(BIN)/handoff-bench -n 1000,5000 -python examples/pystreamer/pystreamer.py
 
 ##@ Test
 

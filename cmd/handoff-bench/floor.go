@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"sort"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +24,9 @@ import (
 // or through a relay that forwards each batch as it arrives (two hops, the
 // shape of a migration through the agent). Each process is this binary
 // re-executed in a role; they talk over socketpairs passed as fd 3 and 4.
+// The client ends of the N connections live in a peer process of their
+// own, which the source starts, so that no process holds more than N
+// sockets and a few (N = 15000 fits a limit of 20000).
 
 const floorRoleEnv = "HANDOFF_BENCH_FLOOR_ROLE"
 
@@ -136,28 +142,58 @@ func floorChild(role string) {
 		os.Exit(1)
 	}
 	switch role {
+	case "peer":
+		// The client ends of the source's connections: dial N times, say
+		// so, and hold them until the source closes stdin.
+		keep := make([]net.Conn, 0, n)
+		for range n {
+			c, err := net.Dial("tcp", os.Getenv("ADDR"))
+			if err != nil {
+				die(err)
+			}
+			// Reset rather than close: a run leaves no TIME_WAIT
+			// sockets behind, which would otherwise hold up to the
+			// kernel's 131072 for a minute (every floor run opens N
+			// connections) while the streams are opened next.
+			if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+				die(err)
+			}
+			keep = append(keep, c)
+		}
+		fmt.Println("connected")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		_ = keep
 	case "source":
 		// N established TCP sockets: the server ends move, the client
-		// ends stay here so the connections are real and alive.
+		// ends stay in the peer so the connections are real and alive.
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			die(err)
 		}
+		peer, err := startPeer(n, ln.Addr().String())
+		if err != nil {
+			die(err)
+		}
+		// A peer that fails says so here, ending the accepts below.
+		peerDone := make(chan struct{})
+		go func() {
+			if err := peer.connected(); err != nil {
+				die(err)
+			}
+			close(peerDone)
+		}()
 		var keep []net.Conn
 		fds := make([]int, 0, n)
 		for range n {
-			c, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				die(err)
-			}
 			s, err := ln.Accept()
 			if err != nil {
 				die(err)
 			}
-			keep = append(keep, c, s)
+			keep = append(keep, s)
 			raw, _ := s.(*net.TCPConn).SyscallConn()
 			raw.Control(func(fd uintptr) { fds = append(fds, int(fd)) })
 		}
+		<-peerDone
 		out := 3
 		hdr := make([]byte, wire.HeaderLen)
 		// The sink says it is ready (through the relay) before the clock
@@ -186,6 +222,7 @@ func floorChild(role string) {
 		buf := make([]byte, 1)
 		unix.Read(out, buf)
 		_ = keep
+		peer.stop()
 	case "relay":
 		in, out := 3, 4
 		buf := make([]byte, wire.MaxMessage)
@@ -258,4 +295,54 @@ func floorChild(role string) {
 		die(fmt.Errorf("unknown role"))
 	}
 	os.Exit(0)
+}
+
+// peerProc is the process holding the client ends of the source's
+// connections.
+type peerProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+// startPeer starts the peer role dialing n connections to addr.
+func startPeer(n int, addr string) (*peerProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), floorRoleEnv+"=peer", "N="+strconv.Itoa(n), "ADDR="+addr)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start floor peer: %w", err)
+	}
+	return &peerProc{cmd: cmd, stdin: in, out: bufio.NewReader(out)}, nil
+}
+
+// connected waits for the peer's report that all its dials succeeded.
+func (p *peerProc) connected() error {
+	l, err := p.out.ReadString('\n')
+	if err != nil || l != "connected\n" {
+		return fmt.Errorf("floor peer did not connect: %q, %w", l, err)
+	}
+	return nil
+}
+
+// stop closes the peer's stdin and waits for it to exit.
+func (p *peerProc) stop() {
+	if p.stdin != nil {
+		p.stdin.Close()
+		p.stdin = nil
+		_ = p.cmd.Wait()
+	}
 }

@@ -60,7 +60,9 @@ func main() {
 	} else {
 		logger.Printf("streamer: open file limit %d (hard %d)", soft, hard)
 	}
+	var started time.Duration
 	cfg.OnReady = func(i server.Info) {
+		started = i.Started
 		fmt.Printf("streamer: serving on %s (inherited=%t, imported %d connections)\n", i.Addr, i.Inherited, i.Imported)
 		if *readyFile != "" {
 			// A standby process is not ready until it serves: the
@@ -79,7 +81,8 @@ func main() {
 		}
 	}
 	cfg.OnResumed = func(n int, d time.Duration) {
-		fmt.Printf("streamer: resumed %d imported connections %v after ready\n", n, d)
+		// OnResumed follows OnReady: the count it waits for includes it.
+		fmt.Printf("streamer: resumed %d imported connections %v after ready (all started after %v)\n", n, d, started)
 	}
 	movedAway := false
 	cfg.OnExit = func(s server.Summary) {

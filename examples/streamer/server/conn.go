@@ -90,6 +90,15 @@ type conn struct {
 	// called once its goroutine has carried on (nil afterwards).
 	imported bool
 	resumed  func()
+	echo     *echoConn // phaseEcho
+}
+
+// echoConn is what a connection in phaseEcho keeps (goroutine).
+type echoConn struct {
+	seq uint64 // sequence number of the next reply
+	in  [echoRequestLen]byte
+	n   int // bytes of in read
+	out [echoReplyLen]byte
 }
 
 func newConn(s *server, nc net.Conn) *conn {
@@ -121,6 +130,10 @@ func (c *conn) restore(st *connState) {
 			c.due = time.Unix(0, st.Due)
 		}
 	case phaseClosing:
+		c.pending = st.Unsent
+	case phaseEcho:
+		c.echo = &echoConn{seq: st.Seq}
+		c.echo.n = copy(c.echo.in[:], st.Request)
 		c.pending = st.Unsent
 	}
 }
@@ -247,9 +260,12 @@ func (c *conn) serve() end {
 			return endStop
 		}
 		var e end
-		if c.phase == phaseRequest {
+		switch c.phase {
+		case phaseRequest:
 			e = c.readRequest()
-		} else {
+		case phaseEcho:
+			e = c.echoLoop()
+		default:
 			e = c.writeLoop()
 		}
 		if e != endNone {
@@ -267,11 +283,15 @@ func (c *conn) readRequest() end {
 	}
 	for {
 		if i := headerEnd(c.req, c.scanned); i >= 0 {
-			name, resp := parseRequest(c.req[:i])
+			name, echo, resp := parseRequest(c.req[:i])
 			c.releaseReq()
 			if resp != nil {
 				c.s.rejected.Add(1)
 				c.phase, c.pending = phaseClosing, resp
+				return endNone
+			}
+			if echo {
+				c.phase, c.echo, c.pending = phaseEcho, &echoConn{}, okHeaderBytes
 				return endNone
 			}
 			c.startStream(name)
@@ -304,6 +324,55 @@ func (c *conn) startStream(name string) {
 	stream.Fill(c.name, c.next, b[len(okHeader):])
 	c.next += int64(c.s.chunk)
 	c.pending = b
+}
+
+// okHeaderBytes is okHeader, for pending; never written to.
+var okHeaderBytes = []byte(okHeader)
+
+// echoLoop serves phaseEcho: it writes what it owes, then reads the next
+// request and answers it. Its goroutine never parks: a Freeze interrupts
+// its Read or Write as it does a busy streaming connection's, and the
+// state carries the part of a request read so far, the reply not yet
+// written and the next sequence number, so that across a handoff no
+// request goes unanswered or is answered twice.
+func (c *conn) echoLoop() end {
+	e := c.echo
+	for {
+		for len(c.pending) > 0 {
+			n, err := c.nc.Write(c.pending)
+			c.pending = c.pending[n:]
+			c.s.bytesSent.Add(int64(n))
+			if err != nil {
+				if end := c.ioError(err); end != endNone {
+					return end
+				}
+			}
+		}
+		if c.s.stopping.Load() {
+			return endStop
+		}
+		if e.n == echoRequestLen {
+			seq := e.seq
+			for i := echoSeqDigits - 1; i >= 0; i-- {
+				e.out[i] = byte('0' + seq%10)
+				seq /= 10
+			}
+			e.out[echoSeqDigits] = ' '
+			copy(e.out[echoSeqDigits+1:], e.in[:])
+			e.seq = (e.seq + 1) % echoMaxSeq
+			e.n = 0
+			c.pending = e.out[:]
+			continue
+		}
+		c.markResumed()
+		n, err := c.nc.Read(e.in[e.n:])
+		e.n += n
+		if err != nil {
+			if end := c.ioError(err); end != endNone {
+				return end
+			}
+		}
+	}
 }
 
 // writeLoop writes pending bytes and, in phaseStream, one chunk per tick.
@@ -491,6 +560,9 @@ func (c *conn) encodeState() []byte {
 	st := connState{Phase: c.phase, Request: c.req, Name: c.name, Next: c.next, Unsent: c.pending}
 	if c.phase == phaseStream && !c.due.IsZero() {
 		st.Due = c.due.UnixNano()
+	}
+	if c.phase == phaseEcho {
+		st.Seq, st.Request = c.echo.seq, c.echo.in[:c.echo.n]
 	}
 	b := c.stateBuf
 	c.stateBuf = nil

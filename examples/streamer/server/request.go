@@ -12,10 +12,24 @@ const okHeader = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nC
 // streamPrefix is the path prefix of stream URLs: /streams/NAME.
 const streamPrefix = "/streams/"
 
+// echoPath is the URL of the request/response mode (see the package doc).
+const echoPath = "/echo"
+
+// The request/response mode: after the 200 header, the client sends
+// requests of exactly echoRequestLen bytes, and the server answers each
+// with echoReplyLen bytes: the connection's sequence number (0 for its
+// first request) as echoSeqDigits decimal digits, a space, and the request.
+const (
+	echoRequestLen = 16
+	echoSeqDigits  = 10
+	echoReplyLen   = echoSeqDigits + 1 + echoRequestLen
+	echoMaxSeq     = 10_000_000_000 // sequence numbers wrap to 0 here
+)
+
 // Error responses, written whole and followed by a close.
 var (
 	respBadRequest = errorResponse("400 Bad Request", "malformed request\n", "")
-	respNotFound   = errorResponse("404 Not Found", "not found: use GET /streams/NAME\n", "")
+	respNotFound   = errorResponse("404 Not Found", "not found: use GET /streams/NAME or GET /echo\n", "")
 	respBadMethod  = errorResponse("405 Method Not Allowed", "only GET is supported\n", "Allow: GET\r\n")
 )
 
@@ -35,47 +49,51 @@ func headerEnd(b []byte, from int) int {
 }
 
 // parseRequest parses a complete request header (ending in "\r\n\r\n").
-// It returns the stream name, or the error response to send.
-func parseRequest(h []byte) (name string, resp []byte) {
+// It returns the stream name, or echo for GET /echo, or the error response
+// to send.
+func parseRequest(h []byte) (name string, echo bool, resp []byte) {
 	// Tolerate empty lines before the request line (RFC 9112, 2.2).
 	for bytes.HasPrefix(h, []byte("\r\n")) {
 		h = h[2:]
 	}
 	eol := bytes.Index(h, []byte("\r\n"))
 	if eol <= 0 {
-		return "", respBadRequest
+		return "", false, respBadRequest
 	}
 	line := h[:eol]
 	method, rest, ok1 := bytes.Cut(line, []byte(" "))
 	target, version, ok2 := bytes.Cut(rest, []byte(" "))
 	if !ok1 || !ok2 || len(method) == 0 || len(target) == 0 ||
 		(string(version) != "HTTP/1.1" && string(version) != "HTTP/1.0") {
-		return "", respBadRequest
+		return "", false, respBadRequest
 	}
 	for _, c := range line {
 		if c < 0x20 || c == 0x7f {
-			return "", respBadRequest
+			return "", false, respBadRequest
 		}
 	}
 	// Every header line must be a field: "name: value".
 	for fields := h[eol+2 : len(h)-2]; len(fields) > 0; {
 		e := bytes.Index(fields, []byte("\r\n"))
 		if e < 0 {
-			return "", respBadRequest
+			return "", false, respBadRequest
 		}
 		if i := bytes.IndexByte(fields[:e], ':'); i <= 0 {
-			return "", respBadRequest
+			return "", false, respBadRequest
 		}
 		fields = fields[e+2:]
 	}
 	if string(method) != "GET" {
-		return "", respBadMethod
+		return "", false, respBadMethod
+	}
+	if string(target) == echoPath {
+		return "", true, nil
 	}
 	n, ok := bytes.CutPrefix(target, []byte(streamPrefix))
 	if !ok || !validName(string(n)) {
-		return "", respNotFound
+		return "", false, respNotFound
 	}
-	return string(n), nil
+	return string(n), false, nil
 }
 
 // validName reports whether s can name a stream: 1 to maxName characters

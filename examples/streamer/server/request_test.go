@@ -30,9 +30,26 @@ func TestParseRequest(t *testing.T) {
 		{"GET /streams/a\x00 HTTP/1.1\r\n\r\n", "", respBadRequest},
 	}
 	for _, tc := range cases {
-		name, resp := parseRequest([]byte(tc.req))
-		if name != tc.name || !bytes.Equal(resp, tc.resp) {
+		name, echo, resp := parseRequest([]byte(tc.req))
+		if name != tc.name || echo || !bytes.Equal(resp, tc.resp) {
 			t.Errorf("parseRequest(%q) = %q, %q; want %q, %q", tc.req, name, resp, tc.name, tc.resp)
+		}
+	}
+}
+
+func TestParseEchoRequest(t *testing.T) {
+	for _, req := range []string{"GET /echo HTTP/1.1\r\n\r\n", "GET /echo HTTP/1.0\r\nHost: x\r\n\r\n"} {
+		if name, echo, resp := parseRequest([]byte(req)); name != "" || !echo || resp != nil {
+			t.Errorf("parseRequest(%q) = %q, %t, %q; want echo", req, name, echo, resp)
+		}
+	}
+	for req, want := range map[string][]byte{
+		"GET /echo/x HTTP/1.1\r\n\r\n": respNotFound,
+		"GET /echox HTTP/1.1\r\n\r\n":  respNotFound,
+		"POST /echo HTTP/1.1\r\n\r\n":  respBadMethod,
+	} {
+		if name, echo, resp := parseRequest([]byte(req)); name != "" || echo || !bytes.Equal(resp, want) {
+			t.Errorf("parseRequest(%q) = %q, %t, %q; want %q", req, name, echo, resp, want)
 		}
 	}
 }

@@ -1,12 +1,23 @@
 // Package server is the example streaming workload: an HTTP/1.1
 // "radio" server whose connections survive a handoff to a new process.
 //
-// GET /streams/NAME answers 200 with no length and then streams the body of
-// stream NAME (see examples/streamer/stream) forever, paced per connection. Any
-// other path gets 404, a method other than GET 405, a malformed request
-// 400; each of those is followed by a close. Requests are parsed by hand on
-// the raw net.Conn, not with net/http, so that a connection can be frozen
-// and handed over at any point, even in the middle of its request.
+// GET /streams/NAME answers 200 with no length and then streams the body
+// of stream NAME (see examples/streamer/stream) forever, paced per
+// connection. Any other path but /echo (below) gets 404, a method other
+// than GET 405, a malformed request 400; each of those is followed by a
+// close. Requests are parsed by hand on the raw net.Conn, not with
+// net/http, so that a connection can be frozen and handed over at any
+// point, even in the middle of its request.
+//
+// GET /echo answers 200 and then serves requests and responses, as a
+// websocket or MQTT server would: the client sends requests of exactly 16
+// bytes, and each is answered at once with the connection's sequence
+// number (0 for the first request) as 10 decimal digits, a space and the
+// 16 request bytes. The sequence number travels in the connection's
+// state, so a client can tell that across a handoff no request went
+// unanswered or was answered twice:
+//
+//	printf 'GET /echo HTTP/1.1\r\n\r\nhello, world 01\nhello, world 02\n' | nc 127.0.0.1 8080
 //
 // # Pacing
 //
@@ -88,6 +99,11 @@ type Info struct {
 	Addr      net.Addr // the bound listen address
 	Inherited bool     // this process received a handoff
 	Imported  int      // connections received with it
+	// Started is how long after the handoff completed (Ready returned)
+	// every imported connection had been decoded, tracked and handed to
+	// its goroutine: the part of OnResumed's wait spent before any of
+	// them could run.
+	Started time.Duration
 }
 
 // Summary counts what a server did, reported when Run ends.
@@ -173,10 +189,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	s.importConns(imported)
+	started := time.Since(readyAt)
 	s.pool = nil
 	pool.close()
 	if cfg.OnReady != nil {
-		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported)})
+		cfg.OnReady(Info{Addr: ln.Addr(), Inherited: inherited, Imported: len(imported), Started: started})
 	}
 	if s.onResumed != nil {
 		s.onResumed()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -577,4 +578,91 @@ func TestMoveKeepsPace(t *testing.T) {
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	verify(t, r, v, st.Next-v.Offset()+1)
+}
+
+// echoRound sends request k on an echo connection and checks the reply:
+// sequence number seq and the request echoed.
+func echoRound(t *testing.T, c net.Conn, r io.Reader, k int, seq uint64) {
+	t.Helper()
+	req := fmt.Sprintf("req %011d\n", k)
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatalf("request %d: %v", k, err)
+	}
+	got := make([]byte, echoReplyLen)
+	if _, err := io.ReadFull(r, got); err != nil {
+		t.Fatalf("reply %d: %v", k, err)
+	}
+	if want := fmt.Sprintf("%010d %s", seq, req); string(got) != want {
+		t.Fatalf("reply %d = %q, want %q", k, got, want)
+	}
+}
+
+// TestEcho answers requests in order, a request sent in two pieces too.
+func TestEcho(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	for k := range 20 {
+		echoRound(t, c, r, k, uint64(k))
+	}
+	req := fmt.Sprintf("req %011d\n", 20)
+	io.WriteString(c, req[:5])
+	io.WriteString(c, req[5:])
+	got := make([]byte, echoReplyLen)
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != "0000000020 "+req {
+		t.Fatalf("reply to a request in two pieces: %q, %v", got, err)
+	}
+	if sum := ts.stop(); sum.Finished != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+}
+
+// TestMoveEcho freezes an echo connection waiting for the rest of a
+// request, moves it to a second server, and checks that the reply to that
+// request, and to the next, carry the sequence numbers that follow: no
+// request lost or answered twice.
+func TestMoveEcho(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := dial(t, ts.addr, false)
+	io.WriteString(c, "GET /echo HTTP/1.1\r\n\r\n")
+	tr := waitTracked(t, ts)
+	r := bufio.NewReader(c)
+	readHeader(t, r)
+	for k := range 5 {
+		echoRound(t, c, r, k, uint64(k))
+	}
+	req := fmt.Sprintf("req %011d\n", 5)
+	io.WriteString(c, req[:7])
+	deadline := time.Now().Add(10 * time.Second)
+	var st connState
+	for {
+		st = freezeState(t, tr)
+		if st.Phase != phaseEcho || st.Seq != 5 || len(st.Unsent) != 0 || !strings.HasPrefix(req, string(st.Request)) {
+			t.Fatalf("state %+v, want echo at sequence 5 with a prefix of %q read", brief(st), req)
+		}
+		if len(st.Request) == 7 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server never read the first piece: %+v", brief(st))
+		}
+		tr.h.Resume()
+	}
+	tr.h.Moved()
+	<-tr.c.done
+	next := newTarget(t, Config{})
+	next.start(tr.c.nc, &st)
+	io.WriteString(c, req[7:])
+	got := make([]byte, echoReplyLen)
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != "0000000005 "+req {
+		t.Fatalf("reply after the move: %q, %v", got, err)
+	}
+	echoRound(t, c, r, 6, 6)
+	if sum := ts.stop(); sum.Moved != 1 || sum.Finished != 0 {
+		t.Fatalf("old server summary %+v, want 1 moved", sum)
+	}
+	next.shutdown()
+	next.drain()
 }

@@ -28,7 +28,15 @@ const (
 	phaseStream phase = 2
 	// phaseClosing: an error response is being written; write Unsent, close.
 	phaseClosing phase = 3
+	// phaseEcho: request/response (GET /echo); Unsent is written first,
+	// then Request holds the part of the next request read so far, and
+	// Seq is the sequence number of the next reply.
+	phaseEcho phase = 4
 )
+
+// maxEchoUnsent is the most an echo connection can owe: the header, or
+// one reply.
+const maxEchoUnsent = max(len(okHeader), echoReplyLen)
 
 func (p phase) String() string {
 	switch p {
@@ -38,6 +46,8 @@ func (p phase) String() string {
 		return "stream"
 	case phaseClosing:
 		return "closing"
+	case phaseEcho:
+		return "echo"
 	}
 	return fmt.Sprintf("phase(%d)", byte(p))
 }
@@ -50,12 +60,17 @@ func (p phase) String() string {
 //	phaseRequest: len(Request) Request
 //	phaseStream:  len(Name) Name Next len(Unsent) Unsent Due
 //	phaseClosing: len(Unsent) Unsent
+//	phaseEcho:    Seq len(Request) Request len(Unsent) Unsent
+//
+// A process that predates phaseEcho refuses such a record as an unknown
+// phase and closes that connection only.
 type connState struct {
 	Phase   phase
-	Request []byte // phaseRequest
+	Request []byte // phaseRequest; phaseEcho: the part of the next request read
 	Name    string // phaseStream
 	Next    int64  // phaseStream: body offset of the next byte to generate
-	Unsent  []byte // phaseStream, phaseClosing: bytes to write first
+	Seq     uint64 // phaseEcho: sequence number of the next reply
+	Unsent  []byte // phaseStream, phaseClosing, phaseEcho: bytes to write first
 	// Due, in phaseStream, is when the next chunk is due, in Unix
 	// nanoseconds (0: at once). The next process keeps the connection's
 	// pace where it was, so that the chunks of thousands of connections
@@ -81,6 +96,12 @@ func appendState(b []byte, s *connState) []byte {
 		b = append(b, s.Unsent...)
 		b = binary.AppendUvarint(b, uint64(max(s.Due, 0)))
 	case phaseClosing:
+		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
+		b = append(b, s.Unsent...)
+	case phaseEcho:
+		b = binary.AppendUvarint(b, s.Seq)
+		b = binary.AppendUvarint(b, uint64(len(s.Request)))
+		b = append(b, s.Request...)
 		b = binary.AppendUvarint(b, uint64(len(s.Unsent)))
 		b = append(b, s.Unsent...)
 	}
@@ -122,6 +143,13 @@ func decodeState(b []byte) (connState, error) {
 		}
 	case phaseClosing:
 		s.Unsent = d.bytes("unsent", maxUnsent)
+	case phaseEcho:
+		s.Seq = d.uvarint("sequence number")
+		if d.err == nil && s.Seq >= echoMaxSeq {
+			d.err = fmt.Errorf("sequence number %d has more than %d digits", s.Seq, echoSeqDigits)
+		}
+		s.Request = d.bytes("request", echoRequestLen)
+		s.Unsent = d.bytes("unsent", maxEchoUnsent)
 	default:
 		return connState{}, fmt.Errorf("%w: unknown phase %d", errBadState, b[1])
 	}

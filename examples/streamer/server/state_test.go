@@ -20,10 +20,13 @@ func TestStateRoundTrip(t *testing.T) {
 		{Phase: phaseStream, Name: strings.Repeat("n", maxName), Next: 1 << 62, Unsent: bytes.Repeat([]byte{0xff}, 100000)},
 		{Phase: phaseClosing, Unsent: respNotFound},
 		{Phase: phaseClosing},
+		{Phase: phaseEcho},
+		{Phase: phaseEcho, Seq: 41, Request: []byte("hello, w"), Unsent: []byte(okHeader)},
+		{Phase: phaseEcho, Seq: echoMaxSeq - 1, Request: make([]byte, echoRequestLen), Unsent: make([]byte, echoReplyLen)},
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 200 {
-		st := connState{Phase: phase(1 + r.IntN(3))}
+		st := connState{Phase: phase(1 + r.IntN(4))}
 		switch st.Phase {
 		case phaseRequest:
 			st.Request = randBytes(r, r.IntN(maxRequest+1))
@@ -34,6 +37,10 @@ func TestStateRoundTrip(t *testing.T) {
 			st.Due = r.Int64N(1 << 62)
 		case phaseClosing:
 			st.Unsent = randBytes(r, r.IntN(500))
+		case phaseEcho:
+			st.Seq = r.Uint64N(echoMaxSeq)
+			st.Request = randBytes(r, r.IntN(echoRequestLen+1))
+			st.Unsent = randBytes(r, r.IntN(maxEchoUnsent+1))
 		}
 		states = append(states, st)
 	}
@@ -63,20 +70,24 @@ func TestStateRoundTrip(t *testing.T) {
 
 func TestStateRejects(t *testing.T) {
 	cases := map[string][]byte{
-		"empty":            nil,
-		"version only":     {stateVersion},
-		"bad version":      {3, byte(phaseStream), 1, 'a', 0, 0, 0},
-		"due too big":      {stateVersion, byte(phaseStream), 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
-		"due missing":      {stateVersion, byte(phaseStream), 1, 'a', 0, 0},
-		"unknown phase":    {stateVersion, 9},
-		"zero phase":       {stateVersion, 0},
-		"empty name":       {stateVersion, byte(phaseStream), 0, 0, 0},
-		"bad name":         {stateVersion, byte(phaseStream), 1, '/', 0, 0},
-		"name too long":    appendState(nil, &connState{Phase: phaseStream, Name: strings.Repeat("a", maxName+1)}),
-		"huge unsent":      {stateVersion, byte(phaseClosing), 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"overlong varint":  {stateVersion, byte(phaseClosing), 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01},
-		"offset too big":   {stateVersion, byte(phaseStream), 1, 'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0},
-		"request too long": appendState(nil, &connState{Phase: phaseRequest, Request: make([]byte, maxRequest+1)}),
+		"empty":             nil,
+		"version only":      {stateVersion},
+		"bad version":       {3, byte(phaseStream), 1, 'a', 0, 0, 0},
+		"due too big":       {stateVersion, byte(phaseStream), 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+		"due missing":       {stateVersion, byte(phaseStream), 1, 'a', 0, 0},
+		"unknown phase":     {stateVersion, 9},
+		"zero phase":        {stateVersion, 0},
+		"empty name":        {stateVersion, byte(phaseStream), 0, 0, 0},
+		"bad name":          {stateVersion, byte(phaseStream), 1, '/', 0, 0},
+		"name too long":     appendState(nil, &connState{Phase: phaseStream, Name: strings.Repeat("a", maxName+1)}),
+		"huge unsent":       {stateVersion, byte(phaseClosing), 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"overlong varint":   {stateVersion, byte(phaseClosing), 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01},
+		"offset too big":    {stateVersion, byte(phaseStream), 1, 'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0},
+		"request too long":  appendState(nil, &connState{Phase: phaseRequest, Request: make([]byte, maxRequest+1)}),
+		"echo seq too big":  appendState(nil, &connState{Phase: phaseEcho, Seq: echoMaxSeq}),
+		"echo request long": appendState(nil, &connState{Phase: phaseEcho, Request: make([]byte, echoRequestLen+1)}),
+		"echo unsent long":  appendState(nil, &connState{Phase: phaseEcho, Unsent: make([]byte, maxEchoUnsent+1)}),
+		"echo truncated":    {stateVersion, byte(phaseEcho), 5, 0},
 	}
 	for name, b := range cases {
 		if st, err := decodeState(b); !errors.Is(err, errBadState) {
