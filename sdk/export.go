@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -334,7 +333,10 @@ func (x *exportTx) send(m wire.Msg) error {
 // One worker does it all as long as its hooks return at once, which
 // leaves the other cores to the sender, the agent and the target: with a
 // worker per core, the agent and the target waited milliseconds for a CPU
-// while the freeze raced ahead of them, and the pause grew. A hook that
+// while the freeze raced ahead of them, and the pause grew. After a
+// pre-copy, when the agent and the target have little left to do, a
+// worker per core was no faster either: the hooks that wake a
+// connection's goroutine then wake it on another core. A hook that
 // has to wait (for its connection's goroutine, caught in the middle of a
 // write, say) holds up only its own worker: when no chunk has been taken
 // for freezeStall, another worker starts, up to freezeWorkers.
@@ -488,17 +490,7 @@ func (x *exportTx) freezeConns(jobs []job) bool {
 	}
 	var stallC <-chan time.Time
 	if len(jobs) > 0 {
-		// After a pre-copy the agent and the target have little to do
-		// while the freeze runs (a Seal per 1024 connections), so the
-		// freeze may use every core; without one they relay and adopt
-		// descriptors meanwhile, and one worker leaves them a core.
-		first := 1
-		if x.precopy {
-			first = min(runtime.GOMAXPROCS(0), freezeWorkers, (len(jobs)+freezeChunk-1)/freezeChunk)
-		}
-		for range first {
-			startWorker()
-		}
+		startWorker()
 		stall := time.NewTicker(freezeStall)
 		defer stall.Stop()
 		stallC = stall.C
