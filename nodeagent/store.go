@@ -25,6 +25,7 @@ type stored struct {
 	batches []wire.Msg
 	sum     wire.Summary
 	expires time.Time
+	hold    time.Duration // how long it was held for, from when it was stored (or handed over)
 	timer   *time.Timer
 	claimed bool
 	gone    bool
@@ -123,6 +124,10 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("source session %d: %w", from, ErrNoSession)
 	}
+	if a.handing {
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("store from session %d: %w", from, ErrHandingOver)
+	}
 	key := storeKey{src.name, src.peer.UID, src.ident.PodUID}
 	if _, ok := a.store[key]; ok {
 		a.mu.Unlock()
@@ -152,7 +157,7 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		a.mu.Unlock()
 		return res, nil
 	}
-	e.expires = time.Now().Add(hold)
+	e.expires, e.hold = time.Now().Add(hold), hold
 	e.delivered = opts.Delivered
 	a.m.storedFDs.Add(float64(e.fds()))
 	a.mu.Lock()
@@ -164,19 +169,7 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		e.discard(a, "agent shutting down")
 		return res, nil
 	}
-	a.store[key] = e
-	e.timer = time.AfterFunc(hold, func() {
-		a.mu.Lock()
-		cur := a.store[key]
-		drop := cur == e && !e.claimed
-		if drop {
-			delete(a.store, key)
-		}
-		a.mu.Unlock()
-		if drop {
-			e.discard(a, fmt.Sprintf("no process named %q with uid %d claimed them within %v", key.name, key.uid, hold))
-		}
-	})
+	a.holdLocked(e)
 	// A matching process already waiting in standby gets them at once.
 	var waiting *session
 	for _, s := range a.sessions {
@@ -468,6 +461,25 @@ func (c *collector) graceOver() {
 		c.t.log.Error(err, "shut the read side of the pair")
 		c.pair.Close()
 	}
+}
+
+// holdLocked puts e into the store until e.expires, when it is closed
+// unless a process claimed it. Called with a.mu held.
+func (a *Agent) holdLocked(e *stored) {
+	key := e.key
+	a.store[key] = e
+	e.timer = time.AfterFunc(time.Until(e.expires), func() {
+		a.mu.Lock()
+		cur := a.store[key]
+		drop := cur == e && !e.claimed
+		if drop {
+			delete(a.store, key)
+		}
+		a.mu.Unlock()
+		if drop {
+			e.discard(a, fmt.Sprintf("no process named %q with uid %d claimed them within %v", key.name, key.uid, e.hold))
+		}
+	})
 }
 
 // startDelivery hands stored descriptors to a newly joined process with
