@@ -78,6 +78,10 @@ type Config struct {
 	// "relayed-batch", "ended"): fault-injection tests use it to kill or
 	// stall the agent at an exact point. Leave it nil in production.
 	Fault func(step string)
+	// Systemd, if set (SystemdFromEnv), is systemd's service environment:
+	// the agent says READY=1, keeps its listener and its store in
+	// systemd's fd store, and takes them back when systemd passes them.
+	Systemd *Systemd
 }
 
 // Agent serves the agent socket.
@@ -108,6 +112,7 @@ type Agent struct {
 	handing    bool
 	gate       *acceptGate
 	handedOver bool
+	sdListener bool   // the listener is kept in systemd's fd store (systemd.go)
 	bodies     bodies // relayed batch bodies, recycled
 	wg         sync.WaitGroup
 }
@@ -167,9 +172,13 @@ func (a *Agent) Listen() error {
 	default:
 		return fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
-	took, err := a.takeOverIfServed()
-	if err != nil {
-		return err
+	fromSystemd := a.cfg.Systemd != nil && a.listenFromSystemd()
+	took := fromSystemd
+	if !took {
+		var err error
+		if took, err = a.takeOverIfServed(); err != nil {
+			return err
+		}
 	}
 	if !took {
 		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.cfg.Socket, Net: "unixpacket"})
@@ -185,6 +194,15 @@ func (a *Agent) Listen() error {
 	// Relaying and storing descriptors must not grow the table mid-pause.
 	if _, err := wire.ReserveFDTable(); err != nil {
 		a.log.Error(err, "could not pre-size the descriptor table")
+	}
+	if a.cfg.Systemd != nil {
+		a.rebuildFromSystemd()
+		if !fromSystemd {
+			a.pushListener()
+		}
+		if err := a.cfg.Systemd.ready(a.cfg.Socket); err != nil {
+			a.log.Error(err, "could not tell systemd the agent is ready")
+		}
 	}
 	a.log.Info("agent listening", "socket", a.cfg.Socket, "mode", fmt.Sprintf("%#o", a.cfg.SocketMode))
 	return nil
@@ -287,8 +305,8 @@ func (a *Agent) shutdown() {
 	a.mu.Lock()
 	a.closed = true
 	// After a handover (or during one) the listener serves on in the
-	// successor: the path is its.
-	keepPath := a.handedOver || a.handing
+	// successor, and under systemd in the next agent: the path is its.
+	keepPath := a.handedOver || a.handing || a.sdListener
 	a.joined.Broadcast()
 	ss := make([]*session, 0, len(a.sessions))
 	for _, s := range a.sessions {

@@ -348,6 +348,7 @@ func (h *handoverOut) release() {
 		for i := range e.batches {
 			e.batches[i].CloseFDs()
 		}
+		h.a.forgetSystemd(e)
 		h.a.m.storedFDs.Sub(float64(n))
 	}
 }

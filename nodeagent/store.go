@@ -27,6 +27,7 @@ type stored struct {
 	expires time.Time
 	hold    time.Duration // how long it was held for, from when it was stored (or handed over)
 	timer   *time.Timer
+	sdID    string // the entry's id in systemd's fd store, if it is kept there
 	claimed bool
 	gone    bool
 	// delivered, if set, hears the entry's final outcome: its delivery, or
@@ -56,6 +57,7 @@ func (e *stored) discard(a *Agent, why string) {
 	for i := range e.batches {
 		e.batches[i].CloseFDs()
 	}
+	a.forgetSystemd(e)
 	a.m.storedFDs.Sub(float64(n))
 	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
 		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
@@ -160,6 +162,9 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 	e.expires, e.hold = time.Now().Add(hold), hold
 	e.delivered = opts.Delivered
 	a.m.storedFDs.Add(float64(e.fds()))
+	// Into systemd's fd store before anyone can claim it: a claim then
+	// always finds it there to remove.
+	a.pushEntry(e)
 	a.mu.Lock()
 	delete(a.storing, key)
 	if a.closed {
@@ -576,6 +581,7 @@ func (t *txn) deliverStored(s *session, e *stored) admin.Result {
 			for i := range e.batches {
 				e.batches[i].CloseFDs()
 			}
+			a.forgetSystemd(e)
 			a.m.storedFDs.Sub(float64(n))
 			s.mu.Lock()
 			s.standby = false
