@@ -40,7 +40,7 @@ const (
 	// loop to stop.
 	handoverParkWait = 5 * time.Second
 	// handoverTakenWait is how long the old agent waits for Taken after
-	// it sent everything.
+	// it sent everything, and for the successor to read what it sends.
 	handoverTakenWait = 30 * time.Second
 )
 
@@ -256,6 +256,9 @@ func (h *handoverOut) send() error {
 	if err != nil {
 		return fmt.Errorf("send listener of %s: %w", a.cfg.Socket, err)
 	}
+	// A successor that stops reading must not hold this agent parked.
+	s.conn.Unix().SetWriteDeadline(time.Now().Add(handoverTakenWait))
+	defer s.conn.Unix().SetWriteDeadline(time.Time{})
 	start := wire.Handover{Version: h.version, Entries: uint32(len(h.entries)), FDs: h.fds, Socket: a.cfg.Socket}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
