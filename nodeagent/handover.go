@@ -39,10 +39,12 @@ const (
 	// handoverParkWait bounds how long the old agent waits for its accept
 	// loop to stop.
 	handoverParkWait = 5 * time.Second
-	// handoverTakenWait is how long the old agent waits for Taken after
-	// it sent everything, and for the successor to read what it sends.
-	handoverTakenWait = 30 * time.Second
 )
+
+// handoverTakenWait is how long the old agent waits for Taken after it
+// sent everything, and for the successor to read what it sends (a
+// variable for tests).
+var handoverTakenWait = 30 * time.Second
 
 // acceptGate stops the accept loop for a handover: the loop closes parked
 // once it no longer accepts, and waits for resume (true: the successor

@@ -125,3 +125,32 @@ func TestHandoverInProcess(t *testing.T) {
 	c1.request(t)
 	c1.reply(t, dst.pid, 2)
 }
+
+// TestHandoverTakenTooLate: a successor that sends Taken only after the
+// old agent stopped waiting for it gets an error for it (the old agent
+// shut the session before its last read), and the old agent serves on
+// with its store: Taken and the old agent's decision cannot cross.
+func TestHandoverTakenTooLate(t *testing.T) {
+	defer nodeagent.SetHandoverTakenWait(200 * time.Millisecond)()
+	at := startAgentT(t, nodeagent.Config{})
+	c1 := storedApp(t, at, "svc")
+
+	s := adminHello(t, at)
+	req, _ := json.Marshal(admin.Request{Op: admin.OpHandover, HandoverMin: 1, HandoverMax: 1})
+	send(t, s, wire.TypeRequest, 0, req)
+	for _, typ := range []wire.Type{wire.TypeHandover, wire.TypeHandoverEntry, wire.TypeBatch} {
+		m := recvType(t, s, typ)
+		m.CloseFDs()
+	}
+	at.waitLog(t, "handover failed; serving on with everything this agent held", "error", "did not take the handover")
+	if err := s.Send(wire.Msg{Header: wire.Header{Type: wire.TypeTaken}, Body: wire.Taken{Entries: 1, FDs: 2}.Marshal()}); err == nil {
+		t.Fatal("a Taken sent after the old agent gave up was accepted")
+	}
+	expectStored(t, at, "svc", 1)
+	dst := startTestapp(t, at, "svc", nil)
+	if dst.imported != 1 {
+		t.Fatalf("the next process imported %d connections, want 1", dst.imported)
+	}
+	c1.request(t)
+	c1.reply(t, dst.pid, 2)
+}
