@@ -415,6 +415,11 @@ func (a *Agent) takeOver() error {
 			"entriesTaken", len(h.took), "entriesAnnounced", h.start.Entries)
 	}
 	a.ln = h.ln
+	// Under systemd, into its fd store before anyone can claim them, as a
+	// store does.
+	for _, e := range h.took {
+		a.pushEntry(e)
+	}
 	a.mu.Lock()
 	for _, e := range h.took {
 		a.m.storedFDs.Add(float64(e.fds()))
