@@ -78,6 +78,10 @@ type Config struct {
 	// "relayed-batch", "ended"): fault-injection tests use it to kill or
 	// stall the agent at an exact point. Leave it nil in production.
 	Fault func(step string)
+	// Systemd, if set (SystemdFromEnv), is systemd's service environment:
+	// the agent says READY=1, keeps its listener and its store in
+	// systemd's fd store, and takes them back when systemd passes them.
+	Systemd *Systemd
 }
 
 // Agent serves the agent socket.
@@ -99,8 +103,18 @@ type Agent struct {
 	nextTx   uint64
 	closed   bool
 	joined   *sync.Cond // broadcast when a session joins
-	bodies   bodies     // relayed batch bodies, recycled
-	wg       sync.WaitGroup
+	// Agent upgrades (handover.go): joining counts sessions accepted and
+	// not yet welcomed; handing is set while this agent hands over to a
+	// successor, which gate parks the accept loop for; handedOver once
+	// the successor took everything.
+	joining    int
+	answering  int // administrator requests being answered
+	handing    bool
+	gate       *acceptGate
+	handedOver bool
+	sdListener bool   // the listener is kept in systemd's fd store (systemd.go)
+	bodies     bodies // relayed batch bodies, recycled
+	wg         sync.WaitGroup
 }
 
 // New prepares an agent; Serve starts it.
@@ -158,34 +172,75 @@ func (a *Agent) Listen() error {
 	default:
 		return fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
-	if _, err := os.Lstat(a.cfg.Socket); err == nil {
-		if c, err := net.Dial("unixpacket", a.cfg.Socket); err == nil {
-			c.Close()
-			return fmt.Errorf("listen on %s: another agent is serving it", a.cfg.Socket)
+	fromSystemd := a.cfg.Systemd != nil && a.listenFromSystemd()
+	took := fromSystemd
+	if !took {
+		var err error
+		if took, err = a.takeOverIfServed(); err != nil {
+			return err
 		}
-		if err := os.Remove(a.cfg.Socket); err != nil {
-			return fmt.Errorf("remove stale socket %s: %w", a.cfg.Socket, err)
+	}
+	if !took {
+		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.cfg.Socket, Net: "unixpacket"})
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
 		}
+		if err := os.Chmod(a.cfg.Socket, a.cfg.SocketMode); err != nil {
+			ln.Close()
+			return fmt.Errorf("set mode of socket %s: %w", a.cfg.Socket, err)
+		}
+		a.ln = ln
 	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.cfg.Socket, Net: "unixpacket"})
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
-	}
-	if err := os.Chmod(a.cfg.Socket, a.cfg.SocketMode); err != nil {
-		ln.Close()
-		return fmt.Errorf("set mode of socket %s: %w", a.cfg.Socket, err)
-	}
-	a.ln = ln
 	// Relaying and storing descriptors must not grow the table mid-pause.
 	if _, err := wire.ReserveFDTable(); err != nil {
 		a.log.Error(err, "could not pre-size the descriptor table")
+	}
+	if a.cfg.Systemd != nil {
+		a.rebuildFromSystemd()
+		if !fromSystemd {
+			a.pushListener()
+		}
+		if err := a.cfg.Systemd.ready(a.cfg.Socket); err != nil {
+			a.log.Error(err, "could not tell systemd the agent is ready")
+		}
 	}
 	a.log.Info("agent listening", "socket", a.cfg.Socket, "mode", fmt.Sprintf("%#o", a.cfg.SocketMode))
 	return nil
 }
 
+// takeOverIfServed deals with what is at the socket path: nothing; a
+// stale socket file left by a dead agent, which it removes; or a live
+// agent, which it asks to hand over (handover.go). It reports whether
+// the agent took over a listener.
+func (a *Agent) takeOverIfServed() (bool, error) {
+	if _, err := os.Lstat(a.cfg.Socket); err != nil {
+		return false, nil
+	}
+	if c, err := net.Dial("unixpacket", a.cfg.Socket); err == nil {
+		c.Close()
+		err := a.takeOver()
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, errNoOldAgent) {
+			return false, fmt.Errorf("listen on %s: another agent serves it and did not hand over: %w", a.cfg.Socket, err)
+		}
+		if c, derr := net.Dial("unixpacket", a.cfg.Socket); derr == nil {
+			c.Close()
+			return false, fmt.Errorf("listen on %s: another agent serves it and did not hand over: %w", a.cfg.Socket, err)
+		}
+		a.log.Info("the agent serving the socket went away before it handed over; listening afresh", "reason", err.Error())
+	}
+	if err := os.Remove(a.cfg.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("remove stale socket %s: %w", a.cfg.Socket, err)
+	}
+	return false, nil
+}
+
 // Serve accepts sessions until ctx ends, then closes every session and
-// every stored descriptor. It calls Listen if that was not done.
+// every stored descriptor. It calls Listen if that was not done. It also
+// returns, with nil, once a successor took over (handover.go): then the
+// socket stays, served by the successor.
 func (a *Agent) Serve(ctx context.Context) error {
 	if a.ln == nil {
 		if err := a.Listen(); err != nil {
@@ -216,6 +271,18 @@ func (a *Agent) Serve(ctx context.Context) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				if a.parkAccept(ctx.Done()) {
+					// The successor serves the listener now: close this
+					// agent's copy without removing the path.
+					a.ln.SetUnlinkOnClose(false)
+					if stop() {
+						a.ln.Close()
+					} else {
+						<-lnClosed
+					}
+					a.shutdown()
+					return nil
+				}
 				continue
 			}
 			// EMFILE and friends: log, back off briefly, keep serving.
@@ -224,6 +291,9 @@ func (a *Agent) Serve(ctx context.Context) error {
 			continue
 		}
 		a.wg.Add(1)
+		a.mu.Lock()
+		a.joining++
+		a.mu.Unlock()
 		go func() {
 			defer a.wg.Done()
 			a.serveSession(uc)
@@ -234,6 +304,9 @@ func (a *Agent) Serve(ctx context.Context) error {
 func (a *Agent) shutdown() {
 	a.mu.Lock()
 	a.closed = true
+	// After a handover (or during one) the listener serves on in the
+	// successor, and under systemd in the next agent: the path is its.
+	keepPath := a.handedOver || a.handing || a.sdListener
 	a.joined.Broadcast()
 	ss := make([]*session, 0, len(a.sessions))
 	for _, s := range a.sessions {
@@ -251,7 +324,9 @@ func (a *Agent) shutdown() {
 	for _, e := range st {
 		e.discard(a, "agent shutting down")
 	}
-	os.Remove(a.cfg.Socket)
+	if !keepPath {
+		os.Remove(a.cfg.Socket)
+	}
 	a.wg.Wait()
 }
 
@@ -304,6 +379,14 @@ func (s *session) sendError(code wire.Code, reason string) {
 }
 
 func (a *Agent) serveSession(uc *net.UnixConn) {
+	// Counted as joining from accept until welcomed (or gone), so that a
+	// handover waits for a claim of the store it may start.
+	doneJoining := sync.OnceFunc(func() {
+		a.mu.Lock()
+		a.joining--
+		a.mu.Unlock()
+	})
+	defer doneJoining()
 	peer, err := PeerOf(uc)
 	c := wire.NewConn(uc)
 	defer c.Close()
@@ -396,6 +479,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 		}()
 		_ = c.Send(wire.Msg{Header: wire.Header{Type: wire.TypeWelcome}, Body: wire.Welcome{Version: uint16(v), PID: uint32(peer.PID)}.Marshal()})
 		close(s.welcomed)
+		doneJoining()
 		a.serveAdmin(s)
 		return
 	case wire.RoleApp:
@@ -450,6 +534,7 @@ func (a *Agent) serveSession(uc *net.UnixConn) {
 	if claim != nil {
 		a.startDelivery(s, claim)
 	}
+	doneJoining()
 	a.readSession(s, log)
 }
 
@@ -552,16 +637,35 @@ func (a *Agent) serveAdmin(s *session) {
 		}
 		var req admin.Request
 		var resp admin.Response
+		// The answer to a migration or a store is part of it: a handover
+		// waits until it went out.
+		counted := false
 		if err := json.Unmarshal(m.Body, &req); err != nil {
 			resp.Error = fmt.Sprintf("decode request: %v", err)
+		} else if req.Op == admin.OpHandover {
+			// A successor: the session carries the handover, and ends
+			// with it.
+			a.handOver(s, req)
+			return
 		} else {
+			if counted = req.Op == admin.OpMigrate || req.Op == admin.OpStore; counted {
+				a.mu.Lock()
+				a.answering++
+				a.mu.Unlock()
+			}
 			resp = a.handle(s, req)
 		}
 		body, _ := json.Marshal(resp)
 		if len(body) > wire.MaxBody {
 			body, _ = json.Marshal(admin.Response{Error: fmt.Sprintf("answer of %d bytes exceeds the protocol's %d", len(body), wire.MaxBody)})
 		}
-		if err := s.send(wire.TypeResponse, 0, body, nil); err != nil {
+		err = s.send(wire.TypeResponse, 0, body, nil)
+		if counted {
+			a.mu.Lock()
+			a.answering--
+			a.mu.Unlock()
+		}
+		if err != nil {
 			return
 		}
 	}
@@ -606,7 +710,7 @@ func (a *Agent) handle(s *session, req admin.Request) admin.Response {
 		}
 		return admin.Response{Result: &res}
 	}
-	return admin.Response{Error: fmt.Sprintf("unknown operation %q (known: %s, %s, %s)", req.Op, admin.OpSessions, admin.OpMigrate, admin.OpStore)}
+	return admin.Response{Error: fmt.Sprintf("unknown operation %q (known: %s, %s, %s, %s, %s)", req.Op, admin.OpSessions, admin.OpWait, admin.OpMigrate, admin.OpStore, admin.OpHandover)}
 }
 
 func parseWhat(w []string) (uint32, error) {

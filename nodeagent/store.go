@@ -25,7 +25,9 @@ type stored struct {
 	batches []wire.Msg
 	sum     wire.Summary
 	expires time.Time
+	hold    time.Duration // how long it was held for, from when it was stored (or handed over)
 	timer   *time.Timer
+	sdID    string // the entry's id in systemd's fd store, if it is kept there
 	claimed bool
 	gone    bool
 	// delivered, if set, hears the entry's final outcome: its delivery, or
@@ -55,6 +57,7 @@ func (e *stored) discard(a *Agent, why string) {
 	for i := range e.batches {
 		e.batches[i].CloseFDs()
 	}
+	a.forgetSystemd(e)
 	a.m.storedFDs.Sub(float64(n))
 	a.log.Info("closing stored descriptors", "name", e.key.name, "uid", e.key.uid, "listeners", e.sum.Listeners,
 		"connections", e.sum.Conns, "packets", e.sum.Packets, "reason", why)
@@ -123,6 +126,10 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("source session %d: %w", from, ErrNoSession)
 	}
+	if a.handing {
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("store from session %d: %w", from, ErrHandingOver)
+	}
 	key := storeKey{src.name, src.peer.UID, src.ident.PodUID}
 	if _, ok := a.store[key]; ok {
 		a.mu.Unlock()
@@ -152,9 +159,12 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		a.mu.Unlock()
 		return res, nil
 	}
-	e.expires = time.Now().Add(hold)
+	e.expires, e.hold = time.Now().Add(hold), hold
 	e.delivered = opts.Delivered
 	a.m.storedFDs.Add(float64(e.fds()))
+	// Into systemd's fd store before anyone can claim it: a claim then
+	// always finds it there to remove.
+	a.pushEntry(e)
 	a.mu.Lock()
 	delete(a.storing, key)
 	if a.closed {
@@ -164,19 +174,7 @@ func (a *Agent) StoreFromWith(from uint64, what uint32, timeout, hold time.Durat
 		e.discard(a, "agent shutting down")
 		return res, nil
 	}
-	a.store[key] = e
-	e.timer = time.AfterFunc(hold, func() {
-		a.mu.Lock()
-		cur := a.store[key]
-		drop := cur == e && !e.claimed
-		if drop {
-			delete(a.store, key)
-		}
-		a.mu.Unlock()
-		if drop {
-			e.discard(a, fmt.Sprintf("no process named %q with uid %d claimed them within %v", key.name, key.uid, hold))
-		}
-	})
+	a.holdLocked(e)
 	// A matching process already waiting in standby gets them at once.
 	var waiting *session
 	for _, s := range a.sessions {
@@ -470,6 +468,25 @@ func (c *collector) graceOver() {
 	}
 }
 
+// holdLocked puts e into the store until e.expires, when it is closed
+// unless a process claimed it. Called with a.mu held.
+func (a *Agent) holdLocked(e *stored) {
+	key := e.key
+	a.store[key] = e
+	e.timer = time.AfterFunc(time.Until(e.expires), func() {
+		a.mu.Lock()
+		cur := a.store[key]
+		drop := cur == e && !e.claimed
+		if drop {
+			delete(a.store, key)
+		}
+		a.mu.Unlock()
+		if drop {
+			e.discard(a, fmt.Sprintf("no process named %q with uid %d claimed them within %v", key.name, key.uid, e.hold))
+		}
+	})
+}
+
 // startDelivery hands stored descriptors to a newly joined process with
 // the same name and uid. On failure the entry stays stored.
 func (a *Agent) startDelivery(s *session, e *stored) {
@@ -564,6 +581,7 @@ func (t *txn) deliverStored(s *session, e *stored) admin.Result {
 			for i := range e.batches {
 				e.batches[i].CloseFDs()
 			}
+			a.forgetSystemd(e)
 			a.m.storedFDs.Sub(float64(n))
 			s.mu.Lock()
 			s.standby = false

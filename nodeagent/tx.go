@@ -224,6 +224,9 @@ func (a *Agent) Migrate(from, to uint64, what uint32, timeout time.Duration, pro
 	case !dst.standby:
 		a.mu.Unlock()
 		return admin.Result{}, fmt.Errorf("target %v is not in standby: start the new process with standby so it waits for the handoff instead of opening its own sockets", dst)
+	case a.handing:
+		a.mu.Unlock()
+		return admin.Result{}, fmt.Errorf("migrate session %d: %w", from, ErrHandingOver)
 	}
 	t := a.newTxn()
 	if err := attach(t, src, dst); err != nil {

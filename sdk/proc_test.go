@@ -129,7 +129,8 @@ func envDuration(k string) time.Duration {
 func runAgentChild() int {
 	crashAt := os.Getenv("AGENT_CRASH_AT")
 	a := nodeagent.New(nodeagent.Config{
-		Socket: os.Getenv("HANDOFF_SOCKET"),
+		Socket:  os.Getenv("HANDOFF_SOCKET"),
+		Systemd: nodeagent.SystemdFromEnv(), // nil unless a test plays systemd
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintln(os.Stderr, prefix, args)
 		}, funcr.Options{}),
@@ -145,7 +146,10 @@ func runAgentChild() int {
 		return 3
 	}
 	fmt.Printf("READY pid=%d\n", os.Getpid())
-	if err := a.Serve(context.Background()); err != nil {
+	// SIGTERM stops it as it stops the agent binary (systemctl stop).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := a.Serve(ctx); err != nil {
 		fmt.Printf("EXIT err=%v\n", err)
 		return 3
 	}

@@ -66,6 +66,11 @@ const (
 	TypeRequest   Type = 20 // admin → agent: JSON request
 	TypeResponse  Type = 21 // agent → admin: JSON response
 	TypeProgress  Type = 22 // agent → admin: JSON progress of a long request
+	// Agent upgrades (docs/protocol.md, "Agent upgrades"): an agent hands
+	// what it holds to its successor; bodies in handover.go.
+	TypeHandover      Type = 23 // old agent → successor: handover begins (fd: the listening socket)
+	TypeHandoverEntry Type = 24 // old agent → successor: one fd-store entry; its batches follow
+	TypeTaken         Type = 25 // successor → old agent: took everything; the old one stops
 )
 
 var typeNames = map[Type]string{
@@ -75,6 +80,7 @@ var typeNames = map[Type]string{
 	TypeCommit: "Commit", TypeCommitted: "Committed", TypeServing: "Serving",
 	TypeSeal:    "Seal",
 	TypeRequest: "Request", TypeResponse: "Response", TypeProgress: "Progress",
+	TypeHandover: "Handover", TypeHandoverEntry: "HandoverEntry", TypeTaken: "Taken",
 }
 
 func (t Type) String() string {

@@ -87,7 +87,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"version 255", func() []byte { b := valid(); b[4] = 255; return b }(), 0, ErrVersion, "255"},
 		{"type 0", func() []byte { b := valid(); b[5] = 0; return b }(), 0, ErrType, ": 0"},
 		{"type 15", func() []byte { b := valid(); b[5] = 15; return b }(), 0, ErrType, ": 15"},
-		{"type 23", func() []byte { b := valid(); b[5] = 23; return b }(), 0, ErrType, ": 23"},
+		{"type 26", func() []byte { b := valid(); b[5] = 26; return b }(), 0, ErrType, ": 26"},
 		{"type 255", func() []byte { b := valid(); b[5] = 255; return b }(), 0, ErrType, ": 255"},
 		{"body longer than announced", append(valid(), 'd'), 0, ErrBodyLen, "header says 3, datagram carries 4"},
 		{"body shorter than announced", valid()[:HeaderLen+2], 0, ErrBodyLen, "header says 3, datagram carries 2"},
@@ -133,13 +133,13 @@ func TestTypes(t *testing.T) {
 			t.Errorf("unknown type %d prints %q", i, typ.String())
 		}
 	}
-	if known != 17 {
-		t.Fatalf("%d known types, want 17", known)
+	if known != 20 {
+		t.Fatalf("%d known types, want 20", known)
 	}
 	// Values are on the wire: they must never change.
 	stable := map[Type]uint8{TypeHello: 1, TypeWelcome: 2, TypeError: 3, TypePrepare: 4, TypeBatch: 5, TypeExported: 6, TypeBegin: 7,
 		TypeEnd: 8, TypeAbort: 9, TypeReady: 10, TypeCommit: 11, TypeCommitted: 12, TypeServing: 13, TypeRequest: 20,
-		TypeResponse: 21, TypeProgress: 22}
+		TypeResponse: 21, TypeProgress: 22, TypeHandover: 23, TypeHandoverEntry: 24, TypeTaken: 25}
 	for typ, v := range stable {
 		if uint8(typ) != v || !typ.Known() {
 			t.Errorf("%v = %d, want %d", typ, uint8(typ), v)

@@ -56,6 +56,9 @@ func main() {
 	cfg := nodeagent.Config{
 		Socket: *socket, SocketMode: os.FileMode(*socketMode), DirMode: os.FileMode(*dirMode),
 		MigrateTimeout: *timeout, StoreHold: *hold, Log: log,
+		// Under systemd (deploy/systemd): READY=1, and the listener and
+		// the store kept in systemd's fd store across restarts.
+		Systemd: nodeagent.SystemdFromEnv(),
 	}
 	// Under Kubernetes the agent tells a joining process whether to wait
 	// for a predecessor, from its pod; the client arrives with the

@@ -19,6 +19,11 @@ const (
 	OpMigrate  = "migrate"  // move one session's sockets to another session
 	OpStore    = "store"    // move one session's sockets into the agent's fd store
 	OpWait     = "wait"     // wait until a process (PID) has joined, up to TimeoutMS
+	// OpHandover asks the agent to hand everything it holds to the asking
+	// agent, its successor, and stop (docs/protocol.md, "Agent
+	// upgrades"). The answer is a handover, not a Response, unless the
+	// agent refuses.
+	OpHandover = "handover"
 )
 
 // Request is the body of a wire Request message.
@@ -33,6 +38,10 @@ type Request struct {
 	HoldMS uint32   `json:"holdMs,omitempty"`
 	// PID names the process OpWait waits for.
 	PID int32 `json:"pid,omitempty"`
+	// HandoverMin and HandoverMax are the handover formats the successor
+	// reads (OpHandover).
+	HandoverMin uint16 `json:"handoverMin,omitempty"`
+	HandoverMax uint16 `json:"handoverMax,omitempty"`
 }
 
 // Session describes one application session, as the kernel identified it.

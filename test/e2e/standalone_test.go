@@ -204,6 +204,57 @@ func TestInPlaceRestart(t *testing.T) {
 	checkClients(t, clients, n)
 }
 
+// TestAgentUpgrade: with a streamer's sockets in the store, a second
+// nodeagent binary starts on the same socket; the old one hands over its
+// listener and store and exits 0, and a new streamer claims every socket
+// from the new agent, every client keeping every byte.
+func TestAgentUpgrade(t *testing.T) {
+	env := newEnv(t)
+	oldAgent, err := env.StartAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := env.StartStreamer(harness.Streamer{Label: "streamer-old", Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	clients := startClients(t, addrOf(old), n)
+	id, err := ctl(t, env, "wait", "--pid", strconv.Itoa(old.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctl(t, env, "store", "--from", strings.TrimSpace(id), "--hold", "60s")
+	if err != nil || !strings.HasPrefix(out, "Completed") {
+		t.Fatalf("store: %v\n%s", err, out)
+	}
+	if err := old.Wait(20 * time.Second); err != nil {
+		t.Fatalf("old streamer: %v", err)
+	}
+	if _, err := env.StartAgent(); err != nil {
+		t.Fatalf("new agent: %v", err)
+	}
+	if err := oldAgent.Wait(20 * time.Second); err != nil {
+		t.Fatalf("old agent after handing over: %v", err)
+	}
+	out, err = ctl(t, env, "sessions")
+	if err != nil || !strings.Contains(out, `stored for "streamer"`) {
+		t.Fatalf("the new agent should hold the stored sockets: %v\n%s", err, out)
+	}
+	restarted, err := env.StartStreamer(harness.Streamer{Label: "streamer-new", Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imported int
+	if i := strings.Index(restarted.ServingLine, "imported "); i >= 0 {
+		fmt.Sscanf(restarted.ServingLine[i:], "imported %d", &imported)
+	}
+	if !strings.Contains(restarted.ServingLine, "inherited=true") || imported < n {
+		t.Fatalf("the new streamer did not take the stored sockets from the new agent: %s", restarted.ServingLine)
+	}
+	checkClients(t, clients, n)
+}
+
 // TestMetricsAndHealth checks the agent's /healthz and that a migration
 // shows in /metrics.
 func TestMetricsAndHealth(t *testing.T) {
