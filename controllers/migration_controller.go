@@ -33,6 +33,11 @@ const Name = "handoff-controller"
 // MigrationReconciler reconciles Migrations cluster-wide.
 type MigrationReconciler struct {
 	Client ctrl.Client
+	// APIReader reads from the API server, past the cache: a pod the
+	// cache does not have yet (created a moment before its Migration) is
+	// looked up there before the Migration fails for want of it. nil
+	// trusts the cache.
+	APIReader ctrl.Reader
 	// Recorder records an Event for every transition; nil records none.
 	Recorder events.EventRecorder
 	// AgentGrace defaults to DefaultAgentGrace.
@@ -115,7 +120,13 @@ func (r *MigrationReconciler) validate(ctx context.Context, mig *v1alpha1.Migrat
 	}
 	get := func(name, role, notFound string) (*corev1.Pod, string, error) {
 		pod := &corev1.Pod{}
-		err := r.Client.Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: name}, pod)
+		key := types.NamespacedName{Namespace: mig.Namespace, Name: name}
+		err := r.Client.Get(ctx, key, pod)
+		if apierrors.IsNotFound(err) && r.APIReader != nil {
+			// The cache may lag a pod created just before the Migration:
+			// the failure is final, so ask the API server.
+			err = r.APIReader.Get(ctx, key, pod)
+		}
 		if apierrors.IsNotFound(err) {
 			return nil, notFound, nil
 		}

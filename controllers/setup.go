@@ -25,6 +25,9 @@ func (r *MigrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 	if r.Client == nil {
 		r.Client = mgr.GetClient()
 	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(Name)
 	}
