@@ -185,6 +185,13 @@ func startChild(t *testing.T, role string, env ...string) *child {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "HANDOFF_TEST_CHILD="+role)
 	cmd.Env = append(cmd.Env, env...)
+	return startCmd(t, role, cmd)
+}
+
+// startCmd starts cmd as a child whose stdout lines the test reads and
+// whose stderr goes to the test log.
+func startCmd(t *testing.T, role string, cmd *exec.Cmd) *child {
+	t.Helper()
 	cmd.Stderr = &childproc.LogWriter{T: t, Prefix: role}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -1,7 +1,6 @@
 package handoff_test
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/nodeagent/admin"
-	"github.com/handoff-dev/handoff/test/support/childproc"
 )
 
 // The agent under systemd, with systemd played by the test: it receives
@@ -187,36 +185,6 @@ func (f *fakeSystemd) start(t *testing.T, socket string) *child {
 	if f.ready < 0 {
 		t.Fatal("the agent did not send READY=1")
 	}
-	return c
-}
-
-// startCmd is startChild for a command built by the caller.
-func startCmd(t *testing.T, role string, cmd *exec.Cmd) *child {
-	t.Helper()
-	cmd.Stderr = &childproc.LogWriter{T: t, Prefix: role}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start child %s: %v", role, err)
-	}
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		close(c.lines)
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		for range c.lines {
-		}
-		<-c.done
-	})
 	return c
 }
 
