@@ -244,7 +244,15 @@ func (cb *copyBatch) send() error {
 	}
 	x.copySeq++
 	step("copy-sent")
-	return x.tally.Batch(&wire.BatchInfo{Entries: cb.entries, Copy: true})
+	if err := x.tally.Batch(&wire.BatchInfo{Entries: cb.entries, Copy: true}); err != nil {
+		return err
+	}
+	// Between batches the source looks whether the agent gave up (a
+	// target gone, the deadline): a pre-copy cut short sends no more.
+	if x.interrupted("pre-copying") {
+		return errDecided
+	}
+	return nil
 }
 
 // precopyAll sends a copy of every listener, packet socket and tracked
@@ -287,12 +295,9 @@ func (x *exportTx) precopyAll() bool {
 				return err
 			}
 		}
-		for i, t := range conns {
+		for _, t := range conns {
 			if err := cb.add(wire.KindConn, t.family, t); err != nil {
 				return err
-			}
-			if i%wire.MaxFDs == 0 && x.interrupted("pre-copying") {
-				return errDecided
 			}
 		}
 		return cb.send()

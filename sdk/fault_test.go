@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -16,12 +17,16 @@ import (
 // CRASH_AT=step kills the process with SIGKILL at that protocol step,
 // STALL_AT=step:duration stalls it there, NOFILE=n lowers its open-file
 // limit so the import meets EMFILE, HOLD_AT=step:path holds the process
-// at that step until the test creates path, STOP_AT=step stops it there
-// with SIGSTOP.
+// at that step until the test creates path (or, with HOLD_UNTIL=step2,
+// until this process reaches step2 on another goroutine), STOP_AT=step
+// stops it there with SIGSTOP.
 func applyChildFaults() {
 	crash := os.Getenv("CRASH_AT")
 	stop := os.Getenv("STOP_AT")
 	holdAt, holdPath, _ := strings.Cut(os.Getenv("HOLD_AT"), ":")
+	holdUntil := os.Getenv("HOLD_UNTIL")
+	released := make(chan struct{})
+	var release sync.Once
 	stallAt, stallFor := "", time.Duration(0)
 	if s := os.Getenv("STALL_AT"); s != "" {
 		for i := range s {
@@ -31,8 +36,11 @@ func applyChildFaults() {
 			}
 		}
 	}
-	if crash != "" || stallAt != "" || holdAt != "" || stop != "" {
+	if crash != "" || stallAt != "" || holdAt != "" || stop != "" || holdUntil != "" {
 		handoff.SetTestHook(func(step string) {
+			if step == holdUntil {
+				release.Do(func() { close(released) })
+			}
 			if step == crash {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
@@ -47,6 +55,13 @@ func applyChildFaults() {
 			}
 			if step == holdAt {
 				fmt.Printf("HELD %s\n", step)
+				if holdUntil != "" {
+					select {
+					case <-released:
+					case <-time.After(20 * time.Second):
+					}
+					return
+				}
 				// Bounded poll for the test's go-ahead.
 				for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 					if _, err := os.Stat(holdPath); err == nil {

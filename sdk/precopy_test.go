@@ -265,13 +265,15 @@ func TestPrecopyAbortDropsCopies(t *testing.T) {
 }
 
 // TestPrecopyTargetCrash kills the target when the first copy batch
-// reaches it, while the source, slowed after each copy batch it sends, is
-// still copying: the source stops the pre-copy, keeps serving every
+// reaches it, while the source, held after that batch until the agent's
+// abort has reached it, is still copying: the source stops the pre-copy, keeps serving every
 // stream, and holds exactly the descriptors it held before (none of the
 // duplicates it took for the copies stays open).
 func TestPrecopyTargetCrash(t *testing.T) {
 	const streams = 700 // three copy batches
-	f := setupSource(t, streams, "STALL_AT=copy-sent:300ms")
+	// The source holds after its first copy batch until the agent's
+	// abort (the target died on that batch) has reached it.
+	f := setupSource(t, streams, "HOLD_AT=copy-sent", "HOLD_UNTIL=abort-received")
 	dst := startStreamer(t, f.ta.socket, true, "CRASH_AT=batch")
 	ds := f.ta.join(t, dst.pid)
 	res, err := f.ta.Migrate(f.srcSes.ID, ds.ID, wire.MoveAll, faultMigrateTimeout, nil)

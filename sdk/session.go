@@ -61,6 +61,7 @@ func (p *Process) dispatch(c *wire.Conn, m wire.Msg) {
 		p.mu.Unlock()
 		if x != nil && x.txid == m.TxID && x.agent == c {
 			x.agentEvent(f)
+			step("abort-received")
 		}
 	case wire.TypeError:
 		m.CloseFDs()

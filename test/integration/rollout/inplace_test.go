@@ -215,11 +215,15 @@ func TestInPlaceNotImageOnly(t *testing.T) {
 			s := newSTS(t, ns, 1, map[string]string{v1alpha1.UpdateAnnotation: string(mode)})
 			s.update("web-r2", template("streamer:2", "b"))
 			waitEvent(t, ns, "web", "pod web-0 cannot be updated in place", "more of the pod template than an image")
-			p := &corev1.Pod{}
-			err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p)
-			deleted := apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil
-			if deleted != (mode == v1alpha1.InPlaceIfPossible) {
-				t.Fatalf("pod web-0 deleted: %v (%v); want %v under %s", deleted, err, mode == v1alpha1.InPlaceIfPossible, mode)
+			if mode == v1alpha1.InPlaceIfPossible {
+				// The Event comes just before the delete: wait for it.
+				waitPodDeleted(t, ns, "web-0")
+			} else {
+				// InPlaceOnly decides with the Event and deletes nothing.
+				p := &corev1.Pod{}
+				if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p); err != nil || p.DeletionTimestamp != nil {
+					t.Fatalf("pod web-0: %v, deleting %v; want it untouched under %s", err, p.DeletionTimestamp, mode)
+				}
 			}
 			noMigration(t, ns, "web-0", "web-r2")
 		})
@@ -453,10 +457,27 @@ func TestInPlaceNoProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEvent(t, ns, "web", "pod web-0 cannot be updated in place", "no process of it joined the node agent")
-	p := &corev1.Pod{}
-	err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "web-0"}, p)
-	if !apierrors.IsNotFound(err) && (err != nil || p.DeletionTimestamp == nil) {
-		t.Fatalf("pod web-0 after its process never joined: %v, deleting %v; want it deleted (InPlaceIfPossible)", err, p.DeletionTimestamp)
+	// The Event comes just before the delete: wait for the delete.
+	waitPodDeleted(t, ns, "web-0")
+}
+
+// waitPodDeleted waits until pod name is gone or being deleted.
+func waitPodDeleted(t *testing.T, ns, name string) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		p := &corev1.Pod{}
+		err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, p)
+		if apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s is not deleted; want it deleted (InPlaceIfPossible)", name)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval of a bounded condition wait
 	}
 }
 
