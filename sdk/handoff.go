@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -180,7 +181,33 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	if !opts.Standby {
 		_, _ = wire.ReserveFDTable()
 	}
-	in, err := p.receive(ctx, pending, opts.Standby || told)
+	standby := opts.Standby || told
+	until := time.Now().Add(opts.StandbyTimeout)
+	if pending && !standby {
+		until = time.Now().Add(pendingWait)
+	}
+	var in *incoming
+	for {
+		in, err = p.receive(ctx, until)
+		if !errors.Is(err, errLostBeforeBegin) {
+			break
+		}
+		// The agent restarted or was upgraded while this process waited:
+		// join it again, and wait on for what remains of the wait.
+		p.logf("lost the agent while waiting for a handoff (%v); joining it again", err)
+		var w wire.Welcome
+		if w, err = p.rejoinWaiting(ctx, flags, until); err != nil {
+			break
+		}
+		pending, told = w.Flags&wire.WelcomePending != 0, w.Flags&wire.WelcomeStandby != 0
+		standby = opts.Standby || told
+		if !pending && !standby {
+			// Nothing is on its way any more: serve fresh sockets.
+			p.logf("the agent joined again has no handoff for this process; serving with fresh sockets")
+			p.startControl()
+			return p, nil
+		}
+	}
 	if told && !pending && errors.Is(err, ErrStandbyTimeout) {
 		// The predecessor never came: serve fresh sockets rather than
 		// stay down, in a new session the agent does not count as
@@ -201,6 +228,41 @@ func Join(ctx context.Context, opts Options) (*Process, error) {
 	p.in = in
 	p.inherited = true
 	return p, nil
+}
+
+// pendingWait bounds how long a process for which the agent holds stored
+// descriptors waits for their delivery.
+const pendingWait = 30 * time.Second
+
+// rejoinWaiting joins the agent again, with the Hello flags of the first
+// join, after the session was lost while the process waited for a
+// handoff: with backoff (as rejoin), until the wait ends (an error
+// wrapping ErrStandbyTimeout) or ctx does.
+func (p *Process) rejoinWaiting(ctx context.Context, flags uint8, until time.Time) (wire.Welcome, error) {
+	p.agent.Close()
+	delay := rejoinFirst
+	lost := time.Now()
+	for attempt := 1; ; attempt++ {
+		wait := time.Duration(float64(delay) * (0.5 + rand.Float64()))
+		if left := time.Until(until); wait > left {
+			return wire.Welcome{}, fmt.Errorf("%w: the agent was lost %v before the wait ended, and could not be joined again", ErrStandbyTimeout, time.Since(lost).Round(time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return wire.Welcome{}, fmt.Errorf("standby: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+		delay = min(2*delay, rejoinMax)
+		w, err := p.hello(flags)
+		if err != nil {
+			if attempt == 1 || attempt%10 == 0 {
+				p.logf("could not join the agent again (attempt %d): %v", attempt, err)
+			}
+			continue
+		}
+		p.logf("joined the agent again as session %d, %v after losing it; waiting on", w.SessionID, time.Since(lost).Round(time.Millisecond))
+		return w, nil
+	}
 }
 
 // maxVersion is the newest protocol version the SDK offers; tests lower

@@ -163,8 +163,8 @@ func (in *incoming) closeAll() {
 // receive is the target's transaction up to End, top-down: awaitBegin,
 // then transfer (every batch and seal until End). Any failure is reported
 // to the agent and returned wrapped in ErrAborted.
-func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incoming, retErr error) {
-	in, err := p.awaitBegin(ctx, pending, standby)
+func (p *Process) receive(ctx context.Context, until time.Time) (_ *incoming, retErr error) {
+	in, err := p.awaitBegin(ctx, until)
 	if err != nil {
 		return nil, err
 	}
@@ -182,16 +182,17 @@ func (p *Process) receive(ctx context.Context, pending, standby bool) (_ *incomi
 	return in, nil
 }
 
-// awaitBegin waits in standby for Begin and sets up the transaction.
-func (p *Process) awaitBegin(ctx context.Context, pending, standby bool) (*incoming, error) {
+// errLostBeforeBegin: the agent session ended while the process waited
+// for Begin; nothing was received, and the process may join again.
+var errLostBeforeBegin = errors.New("lost the agent before a handoff began")
+
+// awaitBegin waits in standby, until until, for Begin and sets up the
+// transaction.
+func (p *Process) awaitBegin(ctx context.Context, until time.Time) (*incoming, error) {
 	c := p.agent
-	wait := p.opts.StandbyTimeout
-	if pending && !standby {
-		wait = 30 * time.Second
-	}
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	c.SetReadDeadline(time.Now().Add(wait))
+	c.SetReadDeadline(until)
 	m, err := c.Recv()
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -200,7 +201,10 @@ func (p *Process) awaitBegin(ctx context.Context, pending, standby bool) (*incom
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, fmt.Errorf("%w after %v", ErrStandbyTimeout, wait)
+			return nil, fmt.Errorf("%w after %v", ErrStandbyTimeout, p.opts.StandbyTimeout)
+		}
+		if errors.Is(err, wire.ErrClosed) {
+			return nil, fmt.Errorf("%w: %w", errLostBeforeBegin, err)
 		}
 		return nil, fmt.Errorf("%w: waiting for begin: %w", ErrAborted, err)
 	}

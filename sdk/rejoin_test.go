@@ -90,3 +90,62 @@ func TestAgentRestarts(t *testing.T) {
 	t.Logf("%d agent restarts: every streamer joined the new agent within %v (median), %v (max) of it listening",
 		restarts, rejoined[len(rejoined)/2].Round(time.Millisecond), rejoined[len(rejoined)-1].Round(time.Millisecond))
 }
+
+// TestStandbyRejoins: a process waiting in standby for a handoff loses
+// the agent (SIGKILL) before anything began; it joins the new agent in
+// standby by itself, and a migration to it then succeeds, without
+// restarting either streamer; no client loses a byte.
+func TestStandbyRejoins(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "run", "agent.sock")
+	agent := startChild(t, "agent", "HANDOFF_SOCKET="+sock)
+	agent.line("READY", childTimeout)
+	src := startStreamer(t, sock, false)
+	l := startLoad(t, src.addr, 20)
+	dst := startStreamer(t, sock, true)
+	ac, err := admin.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.WaitSession(int32(dst.pid), childTimeout); err != nil {
+		t.Fatal(err)
+	}
+	ac.Close()
+	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.wait(childTimeout); !killedBySIGKILL(err) {
+		t.Fatalf("agent ended with %v, want SIGKILL", err)
+	}
+	agent = startChild(t, "agent", "HANDOFF_SOCKET="+sock)
+	agent.line("READY", childTimeout)
+	up := time.Now()
+	ac, err = admin.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	ss, err := ac.WaitSession(int32(src.pid), childTimeout)
+	if err != nil {
+		t.Fatalf("the source did not join the new agent: %v", err)
+	}
+	ds, err := ac.WaitSession(int32(dst.pid), childTimeout)
+	if err != nil {
+		t.Fatalf("the standby process did not join the new agent: %v", err)
+	}
+	if !ds.Standby {
+		t.Fatalf("the standby process joined the new agent as %+v, want standby", ds)
+	}
+	t.Logf("both joined the new agent within %v of it listening", time.Since(up).Round(time.Millisecond))
+	res, err := ac.Migrate(admin.Request{From: ss.ID, To: ds.ID, TimeoutMS: uint32(faultMigrateTimeout / time.Millisecond)}, nil)
+	if err != nil || res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("migration to the rejoined standby process: %+v %v", res, err)
+	}
+	if l, code := src.waitExit(t); code != 0 || l != "EXIT ok" {
+		t.Fatalf("source ended with %q, status %d", l, code)
+	}
+	dst.waitReady(t)
+	l.advance(t)
+	if st := l.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	}
+}
