@@ -86,6 +86,23 @@ func (a *Agent) parkAccept(done <-chan struct{}) bool {
 	}
 }
 
+// HandedOver reports whether this agent handed everything to a successor
+// (Serve has returned, or is about to, and the successor serves the
+// socket).
+func (a *Agent) HandedOver() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.handedOver
+}
+
+// HandingOver reports whether this agent is handing over to a successor
+// or has handed over: it starts no new transaction.
+func (a *Agent) HandingOver() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.handing || a.handedOver
+}
+
 // handoverOut is the old agent's side of a handover.
 type handoverOut struct {
 	a       *Agent
@@ -193,10 +210,19 @@ func (h *handoverOut) drain(what string) {
 }
 
 // busy counts the running transactions and the sessions still joining.
+// Descriptors stored for a caller that waits for their delivery (an
+// in-place restart's Migration) count as a transaction until a new
+// process claims them or their hold ends: the caller's report of the
+// outcome lives in this process, so they do not travel.
 func (a *Agent) busy() (txns, joining int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	txns = len(a.storing) + a.answering
+	for _, e := range a.store {
+		if e.delivered != nil {
+			txns++
+		}
+	}
 	for _, s := range a.sessions {
 		s.mu.Lock()
 		if s.tx != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/handoff-dev/handoff/nodeagent"
 	"github.com/handoff-dev/handoff/nodeagent/admin"
+	"github.com/handoff-dev/handoff/wire"
 )
 
 // Agent upgrades, standalone: a second agent process starts on the socket
@@ -358,6 +359,74 @@ func TestAgentUpgradeOldDiesMidway(t *testing.T) {
 	next := startNamed(t, sock, "first")
 	if next.imported != res.Connections || next.addr != first.addr {
 		t.Fatalf("the next process imported %d connections on %s, want %d on %s", next.imported, next.addr, res.Connections, first.addr)
+	}
+	l.advance(t)
+	if st := l.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
+		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
+	}
+}
+
+// TestAgentUpgradeWaitsForAwaitedStore: the store holds a streamer's
+// sockets for a caller that waits for their delivery (an in-place
+// restart's Migration, whose outcome the old agent reports) when a new
+// agent starts. The old agent counts it as a running transaction: it
+// hands over only once the next streamer claimed the sockets from it and
+// the caller heard so; the new agent then holds nothing, and the streamer
+// joins it.
+func TestAgentUpgradeWaitsForAwaitedStore(t *testing.T) {
+	const streams = 30
+	ta := startAgent(t)
+	src := startStreamer(t, ta.socket, false)
+	l := startLoad(t, src.addr, streams)
+	ss := ta.join(t, src.pid)
+	outcome := make(chan admin.Result, 1)
+	res, err := ta.StoreFromWith(ss.ID, wire.MoveAll, faultMigrateTimeout, time.Minute, nil,
+		nodeagent.StoreOptions{Delivered: func(r admin.Result) { outcome <- r }})
+	if err != nil || res.Phase != nodeagent.PhaseCompleted {
+		t.Fatalf("store: %+v %v", res, err)
+	}
+	if l, code := src.waitExit(t); code != 0 || l != "EXIT ok" {
+		t.Fatalf("stored streamer ended with %q, status %d", l, code)
+	}
+
+	succ := startChild(t, "agent", "HANDOFF_SOCKET="+ta.socket)
+	deadline := time.Now().Add(childTimeout)
+	for !ta.HandingOver() {
+		if time.Now().After(deadline) {
+			t.Fatal("the old agent did not begin the handover")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval of a bounded condition wait
+	}
+	next := startStreamer(t, ta.socket, false)
+	if next.imported != res.Connections {
+		t.Fatalf("the next streamer imported %d connections, want %d", next.imported, res.Connections)
+	}
+	select {
+	case r := <-outcome:
+		if r.Phase != nodeagent.PhaseCompleted {
+			t.Fatalf("delivery: %+v", r)
+		}
+	case <-time.After(childTimeout):
+		t.Fatal("the caller never heard of the delivery")
+	}
+	succ.line("READY", childTimeout)
+	if !ta.HandedOver() {
+		t.Fatal("the new agent serves, and the old one says it did not hand over")
+	}
+	ac, err := admin.Dial(ta.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	if _, err := ac.WaitSession(int32(next.pid), childTimeout); err != nil {
+		t.Fatalf("the streamer did not join the new agent: %v", err)
+	}
+	r, err := ac.Sessions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Stored) != 0 {
+		t.Fatalf("the new agent holds %+v; the claim came before the handover", r.Stored)
 	}
 	l.advance(t)
 	if st := l.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
