@@ -68,6 +68,12 @@ type Config struct {
 	// a root process in an application's pod reaches the socket too, and
 	// must not move other pods' connections.
 	Identify func(pid int32, pidfd int) (podid.Identity, error)
+	// Successor, if set, reports whether a process in another pod is the
+	// agent's successor, which may administer it (to ask for a handover):
+	// under Kubernetes, the agent's container in another pod of its own
+	// DaemonSet. It gets the agent's own identity and the peer's, and
+	// says why (for the log and the refusal).
+	Successor func(self, peer podid.Identity) (bool, string)
 	// Predecessor, if set, answers a process that asks (HelloAsk) whether
 	// a predecessor will hand over to it: wait in standby, and why (for
 	// the log). It gets the peer's identity from Identify (zero without
@@ -619,6 +625,14 @@ func (a *Agent) adminOutsider(peer Peer) string {
 	})
 	if a.self != nil && id.PodUID == a.self.PodUID && id.ContainerID == a.self.ContainerID {
 		return ""
+	}
+	if a.self != nil && a.cfg.Successor != nil {
+		ok, why := a.cfg.Successor(*a.self, id)
+		if ok {
+			a.log.Info("accepted a successor as administrator", "pid", peer.PID, "why", why)
+			return ""
+		}
+		return fmt.Sprintf("pid %d runs in container %.12s of pod %s: administrators run on the node or in the agent's own container (kubectl exec), or are its successor in a new pod of its DaemonSet, and %s", peer.PID, id.ContainerID, id.PodUID, why)
 	}
 	return fmt.Sprintf("pid %d runs in container %.12s of pod %s: administrators run on the node or in the agent's own container (kubectl exec)", peer.PID, id.ContainerID, id.PodUID)
 }

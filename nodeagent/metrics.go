@@ -82,16 +82,23 @@ func (a *Agent) ServeHTTP(ctx context.Context, addr string, ready func(net.Addr)
 	return nil
 }
 
-// Healthy reports whether the agent's socket still answers.
+// Healthy reports whether the agent's socket still answers. After a
+// handover it answers for the successor: an agent that handed over stays
+// healthy while its successor serves (under Kubernetes it waits to be
+// stopped, and a restart of it would take everything back), and becomes
+// unhealthy when nobody serves the socket any more.
 func (a *Agent) Healthy() error {
 	a.mu.Lock()
-	closed := a.closed
+	closed, handedOver := a.closed, a.handedOver
 	a.mu.Unlock()
-	if closed || a.ln == nil {
+	if !handedOver && (closed || a.ln == nil) {
 		return errors.New("agent socket is not being served")
 	}
 	c, err := net.DialTimeout("unixpacket", a.cfg.Socket, time.Second)
 	if err != nil {
+		if handedOver {
+			return fmt.Errorf("handed over to a successor, and agent socket %s does not answer: %w", a.cfg.Socket, err)
+		}
 		return fmt.Errorf("agent socket %s does not answer: %w", a.cfg.Socket, err)
 	}
 	c.Close()

@@ -64,9 +64,11 @@ func main() {
 	// for a predecessor, from its pod; the client arrives with the
 	// manager below.
 	preds := &kube.Predecessors{}
+	succs := &kube.Successors{Node: *node}
 	if *node != "" {
 		cfg.Identify = podid.NewResolver(*procRoot).Resolve
 		cfg.Predecessor = preds.Wait
+		cfg.Successor = succs.Is
 	}
 	a := nodeagent.New(cfg)
 	if err := a.Listen(); err != nil {
@@ -87,7 +89,7 @@ func main() {
 		}()
 	}
 	if *node != "" {
-		if err := runKubernetes(ctx, a, *node, preds); err != nil {
+		if err := runKubernetes(ctx, a, *node, preds, succs); err != nil {
 			log.Error(err, "cannot run the Kubernetes reconciler", "node", *node)
 			os.Exit(1)
 		}
@@ -96,12 +98,21 @@ func main() {
 		log.Error(err, "agent stopped")
 		os.Exit(1)
 	}
+	if a.HandedOver() && *node != "" {
+		// Under Kubernetes the successor is the DaemonSet's new pod, and
+		// this pod is deleted once it is ready. Exiting now would only
+		// make kubelet restart this container, which would take
+		// everything back. The reconciler finishes the reports it owes
+		// (in-place restarts it waited for) and starts nothing new.
+		log.Info("handed over to the successor; waiting for this pod to be stopped")
+		<-ctx.Done()
+	}
 	log.Info("agent stopped")
 }
 
 // runKubernetes starts, in the background, a manager whose cache holds only
 // this node's Migrations and Pods, and the reconciler that performs them.
-func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string, preds *kube.Predecessors) error {
+func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string, preds *kube.Predecessors, succs *kube.Successors) error {
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return fmt.Errorf("register core types: %w", err)
@@ -126,6 +137,8 @@ func runKubernetes(ctx context.Context, a *nodeagent.Agent, node string, preds *
 		return fmt.Errorf("set up the reconciler: %w", err)
 	}
 	preds.Client = mgr.GetClient()
+	succs.Reader = mgr.GetAPIReader()
+	succs.Client = mgr.GetClient()
 	go func() {
 		if err := mgr.Start(ctx); err != nil {
 			ctrl.Log.Error(err, "kubernetes reconciler stopped", "node", node)
