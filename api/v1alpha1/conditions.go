@@ -81,6 +81,10 @@ const (
 	// back-off for the new image has passed, so that kubelet restarts the
 	// container at once rather than while the agent holds its sockets.
 	ReasonWaitingForRestartBackoff = "WaitingForRestartBackoff"
+	// ReasonWaitingForAgentHandover: the node agent is handing over to its
+	// successor (an upgrade of the agent's DaemonSet); the successor
+	// starts the transfer. Nothing was moved.
+	ReasonWaitingForAgentHandover = "WaitingForAgentHandover"
 	// ReasonPreparing: the source is quiescing and exporting.
 	ReasonPreparing = "Preparing"
 	// ReasonTransferring: descriptors and state are moving.

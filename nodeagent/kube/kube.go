@@ -77,6 +77,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.Client.Get(ctx, req.NamespacedName, mig); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.Agent.HandedOver() {
+		// The successor agent runs this node's Migrations now.
+		return reconcile.Result{}, nil
+	}
 	x := meta.FindStatusCondition(mig.Status.Conditions, v1alpha1.ConditionTransferred)
 	if mig.Status.Phase.Final() || x != nil && x.Status != metav1.ConditionUnknown {
 		// The cache has caught up with the outcome: nothing to remember.
@@ -92,7 +96,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	var again time.Duration // not done yet: look again after it
 	defer func() { r.unclaim(mig.UID, again == 0) }()
-	if x != nil && x.Reason != v1alpha1.ReasonWaitingForProcesses {
+	if x != nil && !notStarted(x.Reason) {
 		// Either the cache is behind our own final report, or an earlier
 		// agent process started this transfer and died: then the source
 		// resumed when it lost the agent, and the target dropped what it
@@ -117,6 +121,33 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var err error
 	again, err = r.run(ctx, mig, deadline)
 	return reconcile.Result{RequeueAfter: again}, err
+}
+
+// notStarted reports whether an agent that reported reason had moved
+// nothing yet: it waited, the processes serving on.
+func notStarted(reason string) bool {
+	switch reason {
+	case v1alpha1.ReasonWaitingForProcesses, v1alpha1.ReasonWaitingForAgentHandover, v1alpha1.ReasonWaitingForRestartBackoff:
+		return true
+	}
+	return false
+}
+
+// handingOver handles a transfer the agent would not start because it
+// hands over to its successor: the successor starts it. The Migration
+// says so (over a Preparing this agent may have written: nothing was
+// moved, and the successor must not take it for a transfer cut short)
+// and is looked at again; by then the successor owns it.
+func (r *Reconciler) handingOver(ctx context.Context, mig *v1alpha1.Migration) (time.Duration, error) {
+	return r.poll(), r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForAgentHandover,
+		fmt.Sprintf("the node agent on %s is handing over to its successor (an upgrade of the agent), which will start the transfer; nothing was moved", r.Node))
+}
+
+func (r *Reconciler) poll() time.Duration {
+	if r.Poll > 0 {
+		return r.Poll
+	}
+	return DefaultPoll
 }
 
 func (r *Reconciler) reader() client.Reader {
@@ -205,7 +236,7 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 	}
 	last := r.find(ctx, mig, eps...)
 	if last == nil {
-		return 0, r.transfer(ctx, mig, src, dst, deadline)
+		return r.transfer(ctx, mig, src, dst, deadline)
 	}
 	var fatal *fatalError
 	if errors.As(last, &fatal) {
@@ -226,23 +257,22 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 			return 0, err
 		}
 	}
-	poll := r.Poll
-	if poll <= 0 {
-		poll = DefaultPoll
-	}
-	return min(wait, poll), nil
+	return min(wait, r.poll()), nil
 }
 
 // transfer performs the Migration between the processes found.
-func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src, dst *endpoint, deadline time.Time) error {
+func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src, dst *endpoint, deadline time.Time) (again time.Duration, err error) {
 	logger := log.FromContext(ctx)
 	if mig.Spec.Target.Image != "" {
 		return r.restartInPlace(ctx, mig, src, deadline)
 	}
 	mig.Status.SourceContainerID, mig.Status.TargetContainerID = src.statusID, dst.statusID
+	if r.Agent.HandingOver() {
+		return r.handingOver(ctx, mig)
+	}
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
 		fmt.Sprintf("asking pid %d (%v) to freeze and export to pid %d (%v)", src.session.PID, src, dst.session.PID, dst)); err != nil {
-		return err
+		return 0, err
 	}
 
 	// Progress arrives on the transaction's goroutine, in the middle of
@@ -266,18 +296,21 @@ func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src,
 	})
 	close(progress)
 	<-reported
+	if errors.Is(err, nodeagent.ErrHandingOver) {
+		return r.handingOver(ctx, mig)
+	}
 	if err != nil {
-		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
 	}
 	mig.Status.Moved = &v1alpha1.Moved{Listeners: int32(res.Listeners), Connections: int32(res.Connections),
 		PacketSockets: int32(res.Packets), StateBytes: int64(res.StateBytes), Batches: int32(res.Batches)}
 	if res.Phase == nodeagent.PhaseCompleted {
 		mig.Status.Pause = &metav1.Duration{Duration: res.Pause()}
-		return r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
+		return 0, r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
 			fmt.Sprintf("moved %d listeners, %d connections and %d packet sockets (%d state bytes) in %d batches; pause %v, whole transfer %v",
 				res.Listeners, res.Connections, res.Packets, res.StateBytes, res.Batches, res.Pause(), res.Duration()))
 	}
-	return r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Code),
+	return 0, r.report(ctx, mig, metav1.ConditionFalse, failureReason(res.Code),
 		fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Code, res.Message))
 }
 
@@ -287,16 +320,19 @@ func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src,
 // restart with the old one, and a failed patch aborts with the source
 // serving on); kubelet restarts the container, and its new process, in the
 // same pod with the same name and uid, claims the sockets.
-func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration, src *endpoint, deadline time.Time) error {
+func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration, src *endpoint, deadline time.Time) (again time.Duration, err error) {
 	mig.Status.SourceContainerID = src.statusID
 	key := backoffKey{pod: src.podUID, container: src.container, image: mig.Spec.Target.Image}
 	if err := r.awaitBackoff(ctx, mig, src, key, deadline); err != nil {
-		return err
+		return 0, err
 	}
 	r.awaitKubeletQuiet(ctx, src, deadline)
+	if r.Agent.HandingOver() {
+		return r.handingOver(ctx, mig)
+	}
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
 		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
-		return err
+		return 0, err
 	}
 	var at steps // the pause's steps, for the breakdown in the final report
 	// patchErr is what the patch last returned; when it is an error, the
@@ -345,8 +381,11 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	hold := max(time.Until(deadline), nodeagent.DefaultStoreHold)
 	res, err := r.Agent.StoreFromWith(src.session.ID, moveMask(&mig.Spec), time.Until(deadline), hold, nil,
 		nodeagent.StoreOptions{BeforeReady: patch, Delivered: func(res admin.Result) { outcome <- res }})
+	if errors.Is(err, nodeagent.ErrHandingOver) {
+		return r.handingOver(ctx, mig)
+	}
 	if err != nil {
-		return r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, v1alpha1.ReasonTransferFailed, fmt.Sprintf("could not start: %v; nothing was moved", err))
 	}
 	at.released = time.Now()
 	if res.Phase != nodeagent.PhaseCompleted {
@@ -355,24 +394,24 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 			// The store aborted because the image could not be set.
 			reason = v1alpha1.ReasonImageUpdateFailed
 		}
-		return r.report(ctx, mig, metav1.ConditionFalse, reason, fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Code, res.Message))
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, reason, fmt.Sprintf("%s: %s; the source resumed with all its sockets", res.Code, res.Message))
 	}
 	mig.Status.Moved = &v1alpha1.Moved{Listeners: int32(res.Listeners), Connections: int32(res.Connections),
 		PacketSockets: int32(res.Packets), StateBytes: int64(res.StateBytes), Batches: int32(res.Batches)}
 	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonTransferring,
 		fmt.Sprintf("the node agent holds %d listeners, %d connections and %d packet sockets while container %s restarts with image %s",
 			res.Listeners, res.Connections, res.Packets, src.container, mig.Spec.Target.Image)); err != nil {
-		return err
+		return 0, err
 	}
 	var got admin.Result
 	select {
 	case got = <-outcome:
 		at.claimed = time.Now()
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 	if got.Phase != nodeagent.PhaseCompleted {
-		return r.report(ctx, mig, metav1.ConditionFalse, failureReason(got.Code),
+		return 0, r.report(ctx, mig, metav1.ConditionFalse, failureReason(got.Code),
 			fmt.Sprintf("no restarted process of %v claimed the sockets: %s. Its clients were disconnected", src, got.Message))
 	}
 	for _, s := range r.Agent.Sessions() {
@@ -387,7 +426,7 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		}
 	}
 	mig.Status.Pause = &metav1.Duration{Duration: at.claimed.Sub(start)}
-	return r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
+	return 0, r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
 		fmt.Sprintf("container %s restarted with image %s and took over %d listeners, %d connections and %d packet sockets; pause %v (the restart included: %s)",
 			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration, at.breakdown(start)))
 }
@@ -695,6 +734,11 @@ func codeReason(c wire.Code) (string, bool) {
 // report applies the agent's part of the status with the Transferred
 // condition, and records an Event when the outcome is final.
 func (r *Reconciler) report(ctx context.Context, mig *v1alpha1.Migration, status metav1.ConditionStatus, reason, msg string) error {
+	if status == metav1.ConditionUnknown && reason != v1alpha1.ReasonWaitingForAgentHandover && r.Agent.HandedOver() {
+		// Progress is the successor's to report now; outcomes this agent
+		// owes (an in-place restart it waited for) are still written.
+		return nil
+	}
 	meta.SetStatusCondition(&mig.Status.Conditions, metav1.Condition{
 		Type: v1alpha1.ConditionTransferred, Status: status, Reason: reason, Message: msg, ObservedGeneration: mig.Generation,
 	})

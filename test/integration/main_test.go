@@ -187,10 +187,7 @@ func newCluster(t *testing.T) (*cluster, error) {
 			return nil, fmt.Errorf("create node %s: %w", n, err)
 		}
 	}
-	quiet := logr.Discard() // set HANDOFF_ITEST_LOG=1 to see the managers' and agents' logs
-	if os.Getenv("HANDOFF_ITEST_LOG") != "" {
-		quiet = ctrlzap.New(ctrlzap.WriteTo(os.Stderr), ctrlzap.UseDevMode(true))
-	}
+	quiet := itestLog()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: quiet.WithName("controller"),
 		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
 	if err != nil {
@@ -223,40 +220,64 @@ func newCluster(t *testing.T) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	resolver := podid.NewResolver("")
 	for _, n := range []string{"node-a", "node-b"} {
-		na := &nodeAgent{node: n, socket: filepath.Join(dir, n, "agent.sock")}
-		na.agent = nodeagent.New(nodeagent.Config{Socket: na.socket, Log: quiet.WithName(n), Identify: resolver.Resolve,
-			Fault: func(step string) {
-				if h := na.fault.Load(); h != nil && h.step == step {
-					h.once.Do(h.fn)
-				}
-			}})
-		if err := na.agent.Listen(); err != nil {
-			return nil, fmt.Errorf("agent of %s: %w", n, err)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); na.agent.Serve(ctx) }()
-		na.mgr, err = ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: quiet.WithName(n), Cache: kube.CacheOptions(n),
-			Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+		na, err := startNodeAgent(ctx, &wg, n, filepath.Join(dir, n, "agent.sock"), "nodeagent-"+n, quiet.WithName(n))
 		if err != nil {
-			return nil, fmt.Errorf("agent manager of %s: %w", n, err)
-		}
-		na.rec = &kube.Reconciler{Agent: na.agent, Node: n, ControllerName: "nodeagent-" + n}
-		if err := na.rec.SetupWithManager(na.mgr); err != nil {
 			return nil, err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := na.mgr.Start(ctx); err != nil {
-				fmt.Fprintf(os.Stderr, "agent manager of %s stopped: %v\n", n, err)
-			}
-		}()
 		c.agents[n] = na
 	}
 	return c, nil
 }
+
+// startNodeAgent starts a node agent for node on socket (taking over from
+// an agent serving it already, as an upgrade does) and, once it serves,
+// its Kubernetes reconciler, named controller, in a manager of its own.
+// Both stop when ctx ends; wg counts them.
+func startNodeAgent(ctx context.Context, wg *sync.WaitGroup, node, socket, controller string, log logr.Logger) (*nodeAgent, error) {
+	na := &nodeAgent{node: node, socket: socket}
+	na.agent = nodeagent.New(nodeagent.Config{Socket: socket, Log: log, Identify: resolver.Resolve,
+		Fault: func(step string) {
+			if h := na.fault.Load(); h != nil && h.step == step {
+				h.once.Do(h.fn)
+			}
+		}})
+	if err := na.agent.Listen(); err != nil {
+		return nil, fmt.Errorf("agent of %s: %w", node, err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); na.agent.Serve(ctx) }()
+	var err error
+	na.mgr, err = ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Logger: log, Cache: kube.CacheOptions(node),
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+	if err != nil {
+		return nil, fmt.Errorf("agent manager of %s: %w", node, err)
+	}
+	na.rec = &kube.Reconciler{Agent: na.agent, Node: node, ControllerName: controller}
+	if err := na.rec.SetupWithManager(na.mgr); err != nil {
+		return nil, err
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := na.mgr.Start(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "agent manager of %s stopped: %v\n", node, err)
+		}
+	}()
+	return na, nil
+}
+
+// itestLog is where the managers and agents log: nowhere, unless
+// HANDOFF_ITEST_LOG=1.
+func itestLog() logr.Logger {
+	if os.Getenv("HANDOFF_ITEST_LOG") != "" {
+		return ctrlzap.New(ctrlzap.WriteTo(os.Stderr), ctrlzap.UseDevMode(true))
+	}
+	return logr.Discard()
+}
+
+// resolver identifies the streamers' pods from their cgroups.
+var resolver = podid.NewResolver("")
 
 // agentPodLabels mark the stand-ins for the agent DaemonSet's pods.
 var agentPodLabels = labels.Set{"app.kubernetes.io/name": "handoff", "app.kubernetes.io/component": "nodeagent"}
