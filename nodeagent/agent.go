@@ -118,6 +118,8 @@ type Agent struct {
 	handing    bool
 	gate       *acceptGate
 	handedOver bool
+	takingOver bool // Listen waits for the agent serving the socket to hand over
+	listening  bool // Listen has set up the listener
 	sdListener bool   // the listener is kept in systemd's fd store (systemd.go)
 	bodies     bodies // relayed batch bodies, recycled
 	wg         sync.WaitGroup
@@ -210,8 +212,17 @@ func (a *Agent) Listen() error {
 			a.log.Error(err, "could not tell systemd the agent is ready")
 		}
 	}
+	a.mu.Lock()
+	a.listening = true
+	a.mu.Unlock()
 	a.log.Info("agent listening", "socket", a.cfg.Socket, "mode", fmt.Sprintf("%#o", a.cfg.SocketMode))
 	return nil
+}
+
+func (a *Agent) setTakingOver(v bool) {
+	a.mu.Lock()
+	a.takingOver = v
+	a.mu.Unlock()
 }
 
 // takeOverIfServed deals with what is at the socket path: nothing; a
@@ -224,7 +235,9 @@ func (a *Agent) takeOverIfServed() (bool, error) {
 	}
 	if c, err := net.Dial("unixpacket", a.cfg.Socket); err == nil {
 		c.Close()
+		a.setTakingOver(true)
 		err := a.takeOver()
+		a.setTakingOver(false)
 		if err == nil {
 			return true, nil
 		}

@@ -54,7 +54,7 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 // Registry is where the collectors are registered.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// ServeHTTP serves /metrics and /healthz on addr until ctx ends. ready is
+// ServeHTTP serves /metrics, /healthz (Healthy) and /readyz (Ready) on addr until ctx ends. ready is
 // called with the bound address once listening.
 func (a *Agent) ServeHTTP(ctx context.Context, addr string, ready func(net.Addr)) error {
 	ln, err := net.Listen("tcp", addr)
@@ -63,13 +63,17 @@ func (a *Agent) ServeHTTP(ctx context.Context, addr string, ready func(net.Addr)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := a.Healthy(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
+	probe := func(check func() error) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			if err := check(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
 		}
-		fmt.Fprintln(w, "ok")
-	})
+	}
+	mux.HandleFunc("/healthz", probe(a.Healthy))
+	mux.HandleFunc("/readyz", probe(a.Ready))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	if ready != nil {
 		ready(ln.Addr())
@@ -82,23 +86,48 @@ func (a *Agent) ServeHTTP(ctx context.Context, addr string, ready func(net.Addr)
 	return nil
 }
 
-// Healthy reports whether the agent's socket still answers. After a
-// handover it answers for the successor: an agent that handed over stays
-// healthy while its successor serves (under Kubernetes it waits to be
-// stopped, and a restart of it would take everything back), and becomes
-// unhealthy when nobody serves the socket any more.
+// Healthy reports whether the agent's socket answers, for a liveness
+// probe. While the agent waits for the agent serving the socket to hand
+// over (Listen, which waits for that agent's transactions to end), and
+// after it handed over to a successor, the other agent answers: this one
+// is healthy while it does. An agent that handed over waits, under
+// Kubernetes, to be stopped; a restart of it would take everything back.
 func (a *Agent) Healthy() error {
 	a.mu.Lock()
-	closed, handedOver := a.closed, a.handedOver
+	listening, closed, other := a.listening, a.closed, a.handedOver || a.takingOver
 	a.mu.Unlock()
-	if !handedOver && (closed || a.ln == nil) {
+	if !other && (!listening || closed) {
 		return errors.New("agent socket is not being served")
 	}
+	if err := a.socketAnswers(); err != nil {
+		if other {
+			return fmt.Errorf("waiting for another agent that serves the socket: %w", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// Ready reports whether this agent serves its socket, for a readiness
+// probe: not while it waits for a handover, nor after it handed over.
+func (a *Agent) Ready() error {
+	a.mu.Lock()
+	listening, closed, takingOver, handedOver := a.listening, a.closed, a.takingOver, a.handedOver
+	a.mu.Unlock()
+	switch {
+	case takingOver:
+		return errors.New("waiting for the agent serving the socket to hand over")
+	case handedOver:
+		return errors.New("handed over to a successor")
+	case !listening || closed:
+		return errors.New("agent socket is not being served")
+	}
+	return a.socketAnswers()
+}
+
+func (a *Agent) socketAnswers() error {
 	c, err := net.DialTimeout("unixpacket", a.cfg.Socket, time.Second)
 	if err != nil {
-		if handedOver {
-			return fmt.Errorf("handed over to a successor, and agent socket %s does not answer: %w", a.cfg.Socket, err)
-		}
 		return fmt.Errorf("agent socket %s does not answer: %w", a.cfg.Socket, err)
 	}
 	c.Close()

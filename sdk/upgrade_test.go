@@ -413,6 +413,14 @@ func TestAgentUpgradeWaitsForAwaitedStore(t *testing.T) {
 	if !ta.HandedOver() {
 		t.Fatal("the new agent serves, and the old one says it did not hand over")
 	}
+	// Its probes: alive while the successor answers (a restart would
+	// take everything back), not ready (it serves nothing).
+	if err := ta.Healthy(); err != nil {
+		t.Fatalf("the old agent after the handover: unhealthy: %v", err)
+	}
+	if err := ta.Ready(); err == nil {
+		t.Fatal("the old agent after the handover says it is ready")
+	}
 	ac, err := admin.Dial(ta.socket)
 	if err != nil {
 		t.Fatal(err)

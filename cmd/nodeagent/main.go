@@ -71,22 +71,35 @@ func main() {
 		cfg.Successor = succs.Is
 	}
 	a := nodeagent.New(cfg)
-	if err := a.Listen(); err != nil {
-		log.Error(err, "cannot serve the agent socket")
-		os.Exit(1)
-	}
-	// Scripts wait for this line instead of polling for the socket.
-	fmt.Printf("nodeagent: ready socket=%s\n", *socket)
+	// Health first: Listen waits for an agent serving the socket to hand
+	// over (an upgrade), which may take as long as its transactions, and
+	// meanwhile this one is alive (/healthz) but not ready (/readyz).
+	metricsUp := make(chan net.Addr, 1) // the bound address, or nil
 	if *metricsAddr != "0" && *metricsAddr != "" {
 		go func() {
 			err := a.ServeHTTP(ctx, *metricsAddr, func(addr net.Addr) {
 				log.Info("serving metrics and health", "address", addr.String())
-				fmt.Printf("nodeagent: metrics address=%s\n", addr)
+				metricsUp <- addr
 			})
 			if err != nil {
 				log.Error(err, "metrics server stopped")
 			}
+			select {
+			case metricsUp <- nil: // it never bound
+			default:
+			}
 		}()
+	} else {
+		metricsUp <- nil
+	}
+	if err := a.Listen(); err != nil {
+		log.Error(err, "cannot serve the agent socket")
+		os.Exit(1)
+	}
+	// Scripts wait for these lines instead of polling.
+	fmt.Printf("nodeagent: ready socket=%s\n", *socket)
+	if addr := <-metricsUp; addr != nil {
+		fmt.Printf("nodeagent: metrics address=%s\n", addr)
 	}
 	if *node != "" {
 		if err := runKubernetes(ctx, a, *node, preds, succs); err != nil {

@@ -255,7 +255,7 @@ func TestAgentUpgrade(t *testing.T) {
 	checkClients(t, clients, n)
 }
 
-// TestMetricsAndHealth checks the agent's /healthz and that a migration
+// TestMetricsAndHealth checks the agent's /healthz and /readyz and that a migration
 // shows in /metrics.
 func TestMetricsAndHealth(t *testing.T) {
 	env := newEnv(t)
@@ -281,8 +281,10 @@ func TestMetricsAndHealth(t *testing.T) {
 		}
 		return string(b)
 	}
-	if got := get("/healthz"); strings.TrimSpace(got) != "ok" {
-		t.Fatalf("/healthz = %q", got)
+	for _, probe := range []string{"/healthz", "/readyz"} {
+		if got := get(probe); strings.TrimSpace(got) != "ok" {
+			t.Fatalf("%s = %q", probe, got)
+		}
 	}
 	cur, err := env.StartStreamer(harness.Streamer{Label: "streamer-1", Addr: "127.0.0.1:0"})
 	if err != nil {
