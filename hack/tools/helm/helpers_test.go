@@ -287,6 +287,11 @@ func checkNodeAgent(t *testing.T, ds appsv1.DaemonSet, sa string) {
 	if spec.ServiceAccountName != sa {
 		t.Errorf("node agent runs as service account %q, want %q", spec.ServiceAccountName, sa)
 	}
+	// The new agent starts beside the old one, which hands over to it.
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil ||
+		ru.MaxSurge == nil || ru.MaxSurge.String() != "1" || ru.MaxUnavailable == nil || ru.MaxUnavailable.String() != "0" {
+		t.Errorf("node agent update strategy %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
 	if !spec.HostPID {
 		t.Errorf("node agent without hostPID cannot read its peers' /proc/<pid>/cgroup")
 	}
@@ -335,7 +340,7 @@ func checkNodeAgent(t *testing.T, ds appsv1.DaemonSet, sa string) {
 		t.Errorf("volume %s is not mounted read-write at /run/handoff: %+v", vol, c.VolumeMounts)
 	}
 	checkHTTPProbe(t, "node agent liveness", c.LivenessProbe, "/healthz", 9750)
-	checkHTTPProbe(t, "node agent readiness", c.ReadinessProbe, "/healthz", 9750)
+	checkHTTPProbe(t, "node agent readiness", c.ReadinessProbe, "/readyz", 9750)
 	everywhere := false
 	for _, tol := range spec.Tolerations {
 		if tol.Operator == corev1.TolerationOpExists && tol.Key == "" && tol.Effect == "" {
