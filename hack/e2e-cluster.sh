@@ -15,7 +15,8 @@
 #   images   hack/cluster-images.sh --import: handoff:$IMAGE_TAG and
 #            handoff-streamer:$IMAGE_TAG into the cluster's containerd, plus the
 #            tags handoff-streamer:$IMAGE_TAG-next, -r3 and -r4 of the same image, which the
-#            in-place update test sets as target.image
+#            in-place update test sets as target.image, and handoff:$IMAGE_TAG-next, which
+#            the agent upgrade test rolls the chart to
 #   test     go test -count=1 -timeout 30m -v ./test/e2e/cluster/ [ARGS...]
 #   down     hack/cluster-down.sh (skipped with KEEP_CLUSTER=1, or when the
 #            cluster was already running before this script: it is not ours)
@@ -107,12 +108,13 @@ phase images
 for tag in next r3 r4; do
 	"$CTR" -n k8s.io images tag --force "docker.io/library/handoff-streamer:$IMAGE_TAG" "docker.io/library/handoff-streamer:$IMAGE_TAG-$tag" >/dev/null
 done
+"$CTR" -n k8s.io images tag --force "docker.io/library/handoff:$IMAGE_TAG" "docker.io/library/handoff:$IMAGE_TAG-next" >/dev/null
 
 phase test
 export KUBECONFIG=$CLUSTER_DIR/kubeconfig
 export HANDOFF_E2E_KUBECTL=$ROOT/bin/k8s/v$K8S_VERSION/kubectl
 export HANDOFF_E2E_HELM=$ROOT/bin/cluster/helm-$HELM_VERSION/helm
-export HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG
+export HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG HANDOFF_E2E_IMAGE_NEXT_TAG=$IMAGE_TAG-next
 export HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:$IMAGE_TAG
 export HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:$IMAGE_TAG-next
 export HANDOFF_E2E_STREAMER_MORE="handoff-streamer:$IMAGE_TAG-r3 handoff-streamer:$IMAGE_TAG-r4"

@@ -158,7 +158,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 env_line() {
 	printf 'KUBECONFIG=%s HANDOFF_E2E_HELM=%s HANDOFF_E2E_KUBECTL=%s ' "$KCFG" "$HELM" "$KUBECTL"
-	printf 'HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=%s ' "$IMAGE_TAG"
+	printf 'HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=%s HANDOFF_E2E_IMAGE_NEXT_TAG=%s-next ' "$IMAGE_TAG" "$IMAGE_TAG"
 	printf 'HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:%s HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:%s-next ' "$IMAGE_TAG" "$IMAGE_TAG"
 	printf 'HANDOFF_E2E_STREAMER_MORE="handoff-streamer:%s-r3 handoff-streamer:%s-r4" ' "$IMAGE_TAG" "$IMAGE_TAG"
 	printf 'HANDOFF_E2E_ARTIFACTS=%s' "$ARTIFACTS"
@@ -190,6 +190,7 @@ begin images
 docker build -t "handoff:$IMAGE_TAG" "$ROOT"
 docker build --target streamer -t "handoff-streamer:$IMAGE_TAG" "$ROOT"
 for tag in next r3 r4; do docker tag "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-$tag"; done
+docker tag "handoff:$IMAGE_TAG" "handoff:$IMAGE_TAG-next" # the agent upgrade test's second tag
 
 # --- cluster
 begin cluster
@@ -218,7 +219,7 @@ CREATED=1 # from here on the exit trap deletes the cluster, even a half-created 
 # --- load
 begin load
 "$KIND" load docker-image --name "$KIND_CLUSTER" \
-	"handoff:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-next" \
+	"handoff:$IMAGE_TAG" "handoff:$IMAGE_TAG-next" "handoff-streamer:$IMAGE_TAG" "handoff-streamer:$IMAGE_TAG-next" \
 	"handoff-streamer:$IMAGE_TAG-r3" "handoff-streamer:$IMAGE_TAG-r4"
 
 # --- route
@@ -233,7 +234,7 @@ log "host route: $(ip route show exact "$KIND_POD_SUBNET")"
 # --- test
 begin test
 export KUBECONFIG=$KCFG HANDOFF_E2E_HELM=$HELM HANDOFF_E2E_KUBECTL=$KUBECTL \
-	HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG \
+	HANDOFF_E2E_IMAGE_REPO=handoff HANDOFF_E2E_IMAGE_TAG=$IMAGE_TAG HANDOFF_E2E_IMAGE_NEXT_TAG=$IMAGE_TAG-next \
 	HANDOFF_E2E_STREAMER_IMAGE=handoff-streamer:$IMAGE_TAG \
 	HANDOFF_E2E_STREAMER_NEXT=handoff-streamer:$IMAGE_TAG-next \
 	HANDOFF_E2E_STREAMER_MORE="handoff-streamer:$IMAGE_TAG-r3 handoff-streamer:$IMAGE_TAG-r4" \

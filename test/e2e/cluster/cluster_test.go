@@ -12,6 +12,8 @@
 //	HANDOFF_E2E_KUBECTL         a kubectl binary
 //	HANDOFF_E2E_IMAGE_REPO      the handoff image (manager, nodeagent)...
 //	HANDOFF_E2E_IMAGE_TAG       ...and its tag
+//	HANDOFF_E2E_IMAGE_NEXT_TAG  a second tag of it, which the agent
+//	                            upgrade test rolls the chart to
 //	HANDOFF_E2E_STREAMER_IMAGE  the example streamer's image
 //	HANDOFF_E2E_STREAMER_NEXT   a second tag of it, for the in-place update
 //	HANDOFF_E2E_STREAMER_MORE   two more tags of it, space-separated, for
@@ -68,6 +70,7 @@ const (
 type settings struct {
 	kubectl, helm            string
 	imageRepo, imageTag      string
+	imageNextTag             string
 	streamer, streamerNext   string
 	artifacts, chart, config string
 }
@@ -77,7 +80,8 @@ func loadSettings(t *testing.T) settings {
 	s := settings{
 		kubectl: os.Getenv("HANDOFF_E2E_KUBECTL"), helm: os.Getenv("HANDOFF_E2E_HELM"),
 		imageRepo: os.Getenv("HANDOFF_E2E_IMAGE_REPO"), imageTag: os.Getenv("HANDOFF_E2E_IMAGE_TAG"),
-		streamer: os.Getenv("HANDOFF_E2E_STREAMER_IMAGE"), streamerNext: os.Getenv("HANDOFF_E2E_STREAMER_NEXT"),
+		imageNextTag: os.Getenv("HANDOFF_E2E_IMAGE_NEXT_TAG"),
+		streamer:     os.Getenv("HANDOFF_E2E_STREAMER_IMAGE"), streamerNext: os.Getenv("HANDOFF_E2E_STREAMER_NEXT"),
 		artifacts: os.Getenv("HANDOFF_E2E_ARTIFACTS"),
 	}
 	if s.kubectl == "" && os.Getenv("KUBECONFIG") == "" {
@@ -86,7 +90,7 @@ func loadSettings(t *testing.T) settings {
 	var missing []string
 	for k, v := range map[string]string{
 		"KUBECONFIG": os.Getenv("KUBECONFIG"), "HANDOFF_E2E_KUBECTL": s.kubectl, "HANDOFF_E2E_HELM": s.helm,
-		"HANDOFF_E2E_IMAGE_REPO": s.imageRepo, "HANDOFF_E2E_IMAGE_TAG": s.imageTag,
+		"HANDOFF_E2E_IMAGE_REPO": s.imageRepo, "HANDOFF_E2E_IMAGE_TAG": s.imageTag, "HANDOFF_E2E_IMAGE_NEXT_TAG": s.imageNextTag,
 		"HANDOFF_E2E_STREAMER_IMAGE": s.streamer, "HANDOFF_E2E_STREAMER_NEXT": s.streamerNext,
 	} {
 		if v == "" {
@@ -162,6 +166,8 @@ func TestCluster(t *testing.T) {
 	t.Run("DeploymentInPlace", s.testDeploymentInPlace)
 	t.Run("DaemonSetInPlace", s.testDaemonSetInPlace)
 	t.Run("InPlaceRepeated", s.testInPlaceRepeated)
+	t.Run("AgentUpgrade", s.testAgentUpgrade)
+	t.Run("AgentPodDeleted", s.testAgentPodDeleted)
 	// Last: it stops the manager for a while.
 	t.Run("WebhookDown", s.testWebhookDown)
 	if !t.Failed() {
