@@ -776,7 +776,9 @@ func (a *Agent) listSessions() admin.Response {
 	return r
 }
 
-// WaitSession waits until the process pid has an application session.
+// WaitSession waits until the process pid has an application session and
+// its Welcome went out: from then on the process has joined, whatever
+// happens to this agent.
 func (a *Agent) WaitSession(pid int32, timeout time.Duration) (admin.Session, error) {
 	expired := false
 	timer := time.AfterFunc(timeout, func() {
@@ -786,18 +788,28 @@ func (a *Agent) WaitSession(pid int32, timeout time.Duration) (admin.Session, er
 		a.mu.Unlock()
 	})
 	defer timer.Stop()
+	s, err := a.sessionOf(pid, &expired)
+	if err != nil {
+		return admin.Session{}, fmt.Errorf("process %d did not join within %v", pid, timeout)
+	}
+	<-s.welcomed // sent or failed within the send's own bounds
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.info(), nil
+}
+
+// sessionOf waits for a session of process pid until *expired.
+func (a *Agent) sessionOf(pid int32, expired *bool) (*session, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for {
 		for _, s := range a.sessions {
 			if s.peer.PID == pid {
-				s.mu.Lock()
-				defer s.mu.Unlock()
-				return s.info(), nil
+				return s, nil
 			}
 		}
-		if expired || a.closed {
-			return admin.Session{}, fmt.Errorf("process %d did not join within %v", pid, timeout)
+		if *expired || a.closed {
+			return nil, errors.New("no session")
 		}
 		a.joined.Wait()
 	}

@@ -560,13 +560,16 @@ func (s *suite) testDeploymentInPlace(t *testing.T) {
 		s.run(t, time.Minute, s.kubectl, step.args...)
 		s.run(t, 4*time.Minute, s.kubectl, "rollout", "status", "-n", ns, "deploy/streamer", "--timeout=3m")
 		s.timing("%s: %s → rollout status done in %v", ns, what, time.Since(start).Round(time.Millisecond))
-		var d appsv1.Deployment
-		if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &d); err != nil {
-			t.Fatal(err)
-		}
-		if d.Spec.Paused || d.Annotations[handoffv1.InPlaceRolloutAnnotation] != "" {
-			t.Fatalf("after %s: paused %v, annotation %q; want resumed and no rollout recorded", what, d.Spec.Paused, d.Annotations[handoffv1.InPlaceRolloutAnnotation])
-		}
+		// rollout status is done once every pod is at the new template;
+		// the controller resumes the Deployment just after that.
+		waitFor(t, "the Deployment resumed after "+what, time.Minute, func() (bool, string, error) {
+			var d appsv1.Deployment
+			if err := s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "streamer"}, &d); err != nil {
+				return false, "", err
+			}
+			return !d.Spec.Paused && d.Annotations[handoffv1.InPlaceRolloutAnnotation] == "",
+				fmt.Sprintf("paused %v, annotation %q", d.Spec.Paused, d.Annotations[handoffv1.InPlaceRolloutAnnotation]), nil
+		})
 		if rs := s.replicaSets(t, ns); strings.Join(rs, ",") != strings.Join(rsBefore, ",") {
 			t.Fatalf("after %s the ReplicaSets with pods are %v; want the same %v", what, rs, rsBefore)
 		}
