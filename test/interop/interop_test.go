@@ -764,3 +764,50 @@ func TestPythonRejoinsRestartedAgent(t *testing.T) {
 	wantMovedAway(t, py)
 	checkClients(t, clients, n)
 }
+
+// TestPythonStandbyRejoins: a Python streamer waiting in standby loses the
+// agent (SIGKILL) before anything began; it joins the restarted agent in
+// standby by itself, and a migration from a Go streamer to it then
+// completes under verifying clients, with neither streamer restarted:
+// every stream kept, every byte verified (the Go SDK's TestStandbyRejoins).
+func TestPythonStandbyRejoins(t *testing.T) {
+	env := newEnv(t)
+	agent, err := env.StartAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	src := goStreamer(t, env, "go", addr, false)
+	const n = 50
+	clients := startClients(t, addr, n, 10)
+	py := pyStreamer(t, env, "py", addr, true)
+	if s := session(t, adminClient(t, env), py); !s.Standby {
+		t.Fatalf("the Python process joined as %+v, want standby", s)
+	}
+
+	agent.Signal(syscall.SIGKILL)
+	if err := agent.Wait(bound); err == nil {
+		t.Fatal("the agent exited 0 after SIGKILL")
+	}
+	if _, err = env.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	a := adminClient(t, env)
+	ss := session(t, a, src)
+	ds, err := a.WaitSession(int32(py.Pid()), bound)
+	if err != nil {
+		if py.Exited() {
+			t.Fatalf("the standby Python process exited instead of joining the new agent (%v)", py.Wait(bound))
+		}
+		t.Fatalf("the standby Python process did not join the new agent: %v", err)
+	}
+	if !ds.Standby {
+		t.Fatalf("the standby Python process joined the new agent as %+v, want standby", ds)
+	}
+	t.Logf("both joined the new agent within %v of it listening", time.Since(up).Round(time.Millisecond))
+	wantCompleted(t, migrate(t, a, ss, ds, nil), n)
+	wantTakeover(t, py, n)
+	wantMovedAway(t, src)
+	checkClients(t, clients, n)
+}
