@@ -118,8 +118,8 @@ type Agent struct {
 	handing    bool
 	gate       *acceptGate
 	handedOver bool
-	takingOver bool // Listen waits for the agent serving the socket to hand over
-	listening  bool // Listen has set up the listener
+	takingOver bool   // Listen waits for the agent serving the socket to hand over
+	listening  bool   // Listen has set up the listener
 	sdListener bool   // the listener is kept in systemd's fd store (systemd.go)
 	bodies     bodies // relayed batch bodies, recycled
 	wg         sync.WaitGroup
