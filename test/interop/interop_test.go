@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -102,6 +103,58 @@ type logWriter struct{ t *testing.T }
 func (w logWriter) Write(b []byte) (int, error) {
 	w.t.Logf("%s", strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// logWatch passes the processes' stderr on to the test log and lets a
+// test wait for a line (harness.Env writes one line per Write).
+type logWatch struct {
+	next    io.Writer
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{} // closed and replaced at every line
+}
+
+func watchLog(env *harness.Env) *logWatch {
+	w := &logWatch{next: env.Log, changed: make(chan struct{})}
+	env.Log = w
+	return w
+}
+
+func (w *logWatch) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	w.lines = append(w.lines, string(b))
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.mu.Unlock()
+	return w.next.Write(b)
+}
+
+// wait returns once a line holding every one of subs was written (before
+// the call or within bound), and fails the test otherwise.
+func (w *logWatch) wait(t *testing.T, subs ...string) {
+	t.Helper()
+	deadline := time.After(bound)
+	seen := 0
+	for {
+		w.mu.Lock()
+		lines, changed := w.lines[seen:], w.changed
+		seen = len(w.lines)
+		w.mu.Unlock()
+	lines:
+		for _, l := range lines {
+			for _, s := range subs {
+				if !strings.Contains(l, s) {
+					continue lines
+				}
+			}
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("no log line with %q within %v", subs, bound)
+		}
+	}
 }
 
 func newEnv(t *testing.T) *harness.Env {
@@ -762,5 +815,57 @@ func TestPythonRejoinsRestartedAgent(t *testing.T) {
 	wantCompleted(t, migrate(t, a, ses, session(t, a, dst), nil), n)
 	wantTakeover(t, dst, n)
 	wantMovedAway(t, py)
+	checkClients(t, clients, n)
+}
+
+// TestPythonStandbyRejoins: a Python streamer waiting in standby loses the
+// agent (SIGKILL) before anything began; it joins the restarted agent in
+// standby by itself, and a migration from a Go streamer to it then
+// completes under verifying clients, with neither streamer restarted:
+// every stream kept, every byte verified (the Go SDK's TestStandbyRejoins).
+func TestPythonStandbyRejoins(t *testing.T) {
+	env := newEnv(t)
+	logs := watchLog(env)
+	agent, err := env.StartAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	src := goStreamer(t, env, "go", addr, false)
+	const n = 50
+	clients := startClients(t, addr, n, 10)
+	py := pyStreamer(t, env, "py", addr, true)
+	if s := session(t, adminClient(t, env), py); !s.Standby {
+		t.Fatalf("the Python process joined as %+v, want standby", s)
+	}
+	// The agent lists a session just before its Welcome goes out, and logs
+	// "session joined" just after: killing it in between would fail the
+	// first join, not a process waiting in standby.
+	logs.wait(t, "agent: ", `"msg":"session joined"`, fmt.Sprintf(`"pid":%d,`, py.Pid()))
+
+	agent.Signal(syscall.SIGKILL)
+	if err := agent.Wait(bound); err == nil {
+		t.Fatal("the agent exited 0 after SIGKILL")
+	}
+	if _, err = env.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now()
+	a := adminClient(t, env)
+	ss := session(t, a, src)
+	ds, err := a.WaitSession(int32(py.Pid()), bound)
+	if err != nil {
+		if py.Exited() {
+			t.Fatalf("the standby Python process exited instead of joining the new agent (%v)", py.Wait(bound))
+		}
+		t.Fatalf("the standby Python process did not join the new agent: %v", err)
+	}
+	if !ds.Standby {
+		t.Fatalf("the standby Python process joined the new agent as %+v, want standby", ds)
+	}
+	t.Logf("both joined the new agent within %v of it listening", time.Since(up).Round(time.Millisecond))
+	wantCompleted(t, migrate(t, a, ss, ds, nil), n)
+	wantTakeover(t, py, n)
+	wantMovedAway(t, src)
 	checkClients(t, clients, n)
 }

@@ -11,6 +11,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 import unittest
 from typing import Callable, Optional
 
@@ -67,6 +68,19 @@ class FakeAgent:
         m.close_fds()
         self.got.append(m)
         return m
+
+    def accept(self, welcome_flags: int = 0, session_id: int = 2, timeout: float = 10) -> tuple[wire.Conn, wire.Hello]:
+        """The next session (a process joining again): its Hello, answered
+        with a version-2 Welcome carrying welcome_flags."""
+        self.ln.settimeout(timeout)
+        s, _ = self.ln.accept()
+        c = wire.Conn(s)
+        c.settimeout(timeout)
+        h = wire.Hello.unmarshal(c.recv().body)
+        c.version = 2
+        c.send(wire.WELCOME, wire.Welcome(2, welcome_flags, os.getpid(), session_id).marshal())
+        c.settimeout(None)
+        return c, h
 
     def finish(self) -> None:
         """Wait for the script and close everything the fake agent holds."""
@@ -425,6 +439,187 @@ class Versions(unittest.TestCase):
         agent.finish()
         self.assertEqual(hellos[0].flags, 0, "the second Hello must carry neither flag")
         self.assertTrue(any("no handoff arrived" in l for l in logs), logs)
+
+
+class StandbyRejoin(unittest.TestCase):
+    """A process waiting for a handoff loses the agent before Begin: it joins
+    again with the flags of its first Hello and waits on (section 7, "Losing
+    the agent, and joining again")."""
+
+    def setUp(self) -> None:
+        self.saved = _process.REJOIN_FIRST
+        _process.REJOIN_FIRST = 0.05
+
+    def tearDown(self) -> None:
+        _process.REJOIN_FIRST = self.saved
+
+    def wait_fds(self, want: int) -> None:
+        """Wait (bounded) until this process holds want descriptors: the
+        control thread closes its session after close() returns."""
+        for _ in range(200):
+            if fd_count() == want:
+                break
+            threading.Event().wait(0.01)  # polling interval of a bounded condition wait
+        self.assertEqual(fd_count(), want, "descriptors leaked: " + " ".join(sorted(os.listdir("/proc/self/fd"))))
+
+    def test_standby_rejoins_then_receives(self) -> None:
+        """The first session ends before Begin; the process joins again in
+        standby, and the handoff that then comes on the new session arrives
+        whole: a listener and a connection with its state."""
+        before = fd_count()
+        agent = FakeAgent()
+        hellos: list[wire.Hello] = []
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        peers: list[socket.socket] = []
+
+        def script(c: wire.Conn) -> None:
+            c.close()  # the agent goes away before anything began
+            c2, h = agent.accept()
+            hellos.append(h)
+            end = begin(c2)
+            cl = socket.create_connection(srv.getsockname())
+            peers.append(cl)
+            s, _ = srv.accept()
+            ln = socket.socket()
+            ln.bind(("127.0.0.1", 0))
+            ln.listen()
+            es = [wire.Entry(wire.KIND_LISTENER, "tcp|x"), wire.Entry(wire.KIND_CONN, "tcp", b"st")]
+            body, _, _ = wire.marshal_batch(es)
+            c2.send(wire.BATCH, body, [ln.fileno(), s.fileno()], txid=7)
+            ln.close()
+            s.close()
+            c2.send(wire.END, wire.Summary(listeners=1, conns=1, batches=1).marshal(), txid=7)
+            pc = wire.Conn(end)
+            pc.settimeout(10)
+            m = pc.recv()
+            self.assertEqual(m.type, wire.READY)
+            pc.send(wire.COMMIT, txid=7)
+            pc.close()
+            self.assertEqual(agent.recv(c2).type, wire.SERVING)
+            c2.close()
+
+        agent.run(script)
+        logs: list[str] = []
+        p = handoff.join(socket_path=agent.path, name="sb", standby=True, standby_timeout=20, log=logs.append)
+        self.assertTrue(p.inherited)
+        self.assertEqual(p.session_id, 2)
+        ln = p.listen("tcp", "x")
+        ics = p.ready()
+        agent.finish()
+        self.assertEqual(len(hellos), 1)
+        self.assertEqual(hellos[0].flags, wire.HELLO_STANDBY, "the second Hello must carry the first one's flags")
+        self.assertEqual(hellos[0].name, "sb")
+        self.assertTrue(any("lost the agent while waiting for a handoff" in l for l in logs), logs)
+        self.assertTrue(any("joined the agent again as session 2" in l for l in logs), logs)
+        self.assertEqual([ic.state for ic in ics], [b"st"])
+        peers[0].sendall(b"hi")
+        ics[0].conn.settimeout(10)
+        self.assertEqual(ics[0].conn.recv(2), b"hi", "the imported connection is the client's")
+        for ic in ics:
+            ic.conn.close()
+        ln.close()
+        p.close()
+        for x in peers:
+            x.close()
+        srv.close()
+        self.wait_fds(before)
+
+    def test_told_to_wait_rejoins_then_serves_fresh(self) -> None:
+        """Asked (HelloAsk) and told to wait (WelcomeStandby), or told of
+        stored descriptors (WelcomePending); the session ends before Begin,
+        the process joins again with HelloAsk, and the new Welcome has
+        nothing for it: it serves fresh sockets on the new session."""
+        for flag in (wire.WELCOME_STANDBY, wire.WELCOME_PENDING):
+            with self.subTest(welcome=flag):
+                before = fd_count()
+                agent = FakeAgent(welcome_flags=flag)
+                hellos: list[wire.Hello] = []
+                aborts: list[wire.Failure] = []
+
+                def script(c: wire.Conn) -> None:
+                    c.close()
+                    c2, h = agent.accept()
+                    hellos.append(h)
+                    # Serving on the new session: a bad Prepare is refused there.
+                    c2.send(wire.PREPARE, b"bad", txid=5)
+                    aborts.append(wire.Failure.unmarshal(agent.recv(c2).body))
+                    c2.close()
+
+                agent.run(script)
+                logs: list[str] = []
+                p = handoff.join(socket_path=agent.path, name="ask", standby_timeout=20, log=logs.append)
+                self.assertFalse(p.inherited)
+                self.assertEqual(p.session_id, 2)
+                agent.thread.join(20)  # type: ignore[union-attr]
+                p.close()
+                agent.finish()
+                self.assertEqual([h.flags for h in hellos], [wire.HELLO_ASK], "the second Hello must carry the first one's flags")
+                self.assertEqual([f.code for f in aborts], [wire.CODE_MALFORMED])
+                self.assertTrue(any("has no handoff for this process; serving with fresh sockets" in l for l in logs), logs)
+                self.wait_fds(before)
+
+    def test_standby_rejoin_waits_only_the_rest(self) -> None:
+        """The rejoined process waits for what remains of its standby wait,
+        not a new one: a first session that lasts most of the wait leaves
+        little of it."""
+        before = fd_count()
+        agent = FakeAgent()
+        hellos: list[wire.Hello] = []
+        timeout, first = 3.0, 1.5
+
+        def script(c: wire.Conn) -> None:
+            # How long the first session lasts is the scenario, not a
+            # synchronisation: the process waits in recv all along.
+            threading.Event().wait(first)
+            c.close()
+            c2, h = agent.accept()
+            hellos.append(h)
+            c2.settimeout(20)
+            try:
+                c2.recv()  # until the process gives up and closes its session
+            except (wire.WireError, OSError):
+                pass
+            c2.close()
+
+        agent.run(script)
+        start = time.monotonic()
+        with self.assertRaises(handoff.StandbyTimeout):
+            handoff.join(socket_path=agent.path, name="sb", standby=True, standby_timeout=timeout, log=lambda s: None)
+        took = time.monotonic() - start
+        agent.finish()
+        self.assertEqual([h.flags for h in hellos], [wire.HELLO_STANDBY])
+        self.assertGreaterEqual(took, timeout, "gave up before the standby wait ended")
+        # A new wait after rejoining would end after first + timeout (4.5 s).
+        self.assertLess(took, first + timeout - 0.5, "the rejoined process waited a whole standby timeout again")
+        self.wait_fds(before)
+
+    def test_lost_after_begin_aborts(self) -> None:
+        """A process that had received Begin does not join again: the
+        session's end aborts the import, and join raises Aborted."""
+        before = fd_count()
+        agent = FakeAgent()
+        ends: list[socket.socket] = []
+
+        def script(c: wire.Conn) -> None:
+            ends.append(begin(c))
+            c.close()
+
+        agent.run(script)
+        with self.assertRaises(handoff.Aborted) as cm:
+            handoff.join(socket_path=agent.path, name="sb", standby=True, standby_timeout=20, log=lambda s: None)
+        agent.thread.join(20)  # type: ignore[union-attr]
+        self.assertIn("receive from agent", str(cm.exception))
+        agent.ln.setblocking(False)
+        with self.assertRaises(BlockingIOError, msg="the process joined again after Begin"):
+            agent.ln.accept()
+        end = wire.Conn(ends[0])
+        end.settimeout(10)
+        self.assertEqual(end.recv().type, wire.ABORT, "the source must hear the Abort on the pair")
+        end.close()
+        agent.finish()
+        self.wait_fds(before)
 
 
 class NoAgent(unittest.TestCase):

@@ -467,8 +467,26 @@ class Process:
             self.logf(f"the agent says a predecessor will hand its sockets over; waiting up to {self.standby_timeout:g}s")
         if not self.standby:
             wire.reserve_fd_table()
+        wait = PENDING_WAIT if pending and not (self.standby or told) else self.standby_timeout
+        until = time.monotonic() + wait
         try:
-            inc = self._receive(pending, self.standby or told)
+            while True:
+                try:
+                    inc = self._receive(until, wait)
+                    break
+                except _LostBeforeBegin as e:
+                    # The agent restarted or was upgraded while this process
+                    # waited: join it again, and wait on for what remains
+                    # of the wait.
+                    self.logf(f"lost the agent while waiting for a handoff ({e}); joining it again")
+                    w = self._rejoin_waiting(flags, until)
+                pending = bool(w.flags & wire.WELCOME_PENDING)
+                told = bool(w.flags & wire.WELCOME_STANDBY)
+                if not pending and not told and not self.standby:
+                    # Nothing is on its way any more: serve fresh sockets.
+                    self.logf("the agent joined again has no handoff for this process; serving with fresh sockets")
+                    self._start_control()
+                    return self
         except StandbyTimeout:
             if told and not pending:
                 # The predecessor never came: serve fresh sockets in a new
@@ -489,6 +507,32 @@ class Process:
         self._in = inc
         self.inherited = True
         return self
+
+    def _rejoin_waiting(self, flags: int, until: float) -> wire.Welcome:
+        """Join the agent again, with the Hello flags of the first join, after
+        the session was lost while this process waited for a handoff: with
+        the backoff of :meth:`_rejoin`, until the wait ends at ``until``
+        (``time.monotonic()``), when it raises :class:`StandbyTimeout`."""
+        self._close_agent()
+        delay = REJOIN_FIRST
+        lost = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            wait = delay * (0.5 + random.random())
+            if wait > until - time.monotonic():
+                raise StandbyTimeout(f"the agent was lost {time.monotonic() - lost:.3f}s before the wait ended, "
+                                     "and could not be joined again")
+            time.sleep(wait)  # the backoff: close() cannot be called before join returns
+            delay = min(2 * delay, REJOIN_MAX)
+            try:
+                w = self._hello(flags)
+            except (OSError, HandoffError) as e:
+                if attempt == 1 or attempt % 10 == 0:
+                    self.logf(f"could not join the agent again (attempt {attempt}): {e}")
+                continue
+            self.logf(f"joined the agent again as session {w.session_id}, {time.monotonic() - lost:.3f}s after losing it; waiting on")
+            return w
 
     def _close_agent(self) -> None:
         a, self._agent = self._agent, None
@@ -629,17 +673,25 @@ class Process:
 
     # The target's side.
 
-    def _receive(self, pending: bool, standby: bool) -> "_Incoming":
+    def _receive(self, until: float, wait: float) -> "_Incoming":
+        """The target's transaction up to End: wait, until ``until``
+        (``time.monotonic()``; ``wait`` seconds after joining), for Begin,
+        then receive every batch. Raises :class:`StandbyTimeout` when
+        nothing began in time, :class:`_LostBeforeBegin` when the agent
+        session ended before Begin, and :class:`Aborted` for any other
+        failure (reported to the agent once Begin has arrived)."""
         c = self._agent
         assert c is not None
-        wait = self.standby_timeout
-        if pending and not standby:
-            wait = PENDING_WAIT
-        c.settimeout(wait)
+        left = until - time.monotonic()
+        if left <= 0:
+            raise StandbyTimeout(f"no handoff arrived while in standby, after {wait:g}s")
+        c.settimeout(left)
         try:
             m = c.recv()
         except TimeoutError:
             raise StandbyTimeout(f"no handoff arrived while in standby, after {wait:g}s") from None
+        except (wire.ClosedError, ConnectionResetError) as e:
+            raise _LostBeforeBegin(f"lost the agent before a handoff began: {e}") from e
         except (wire.WireError, OSError) as e:
             raise Aborted(f"incoming handoff aborted: waiting for begin: {e}") from e
         if m.type != wire.BEGIN or len(m.fds) != 1:
@@ -826,6 +878,12 @@ class Process:
             _refuse(a, m.txid, wire.CODE_BUSY, "this process is already migrating or has moved")
             return
         threading.Thread(target=x.run, name=f"handoff-export-{m.txid}", daemon=True).start()
+
+
+class _LostBeforeBegin(HandoffError):
+    """The agent session ended while this process waited for Begin: nothing
+    was received, and the process may join again (Go: ``errLostBeforeBegin``).
+    Join handles it; it never reaches the application."""
 
 
 def _refuse(a: wire.Conn, txid: int, code: int, reason: str) -> None:
@@ -1402,7 +1460,11 @@ def join(socket_path: Optional[str] = None, name: Optional[str] = None, standby:
     and :meth:`Process.ready`. Without a reachable agent join logs one line
     and returns a Process that uses fresh sockets. A process the agent told
     to wait, to which nothing was handed within ``standby_timeout``, logs so
-    and joins again to serve fresh sockets.
+    and joins again to serve fresh sockets. A process that loses the agent
+    while it waits, before a handoff began, joins it again with the flags
+    of its first Hello and waits on for what remains of its wait; if the
+    agent it joined has nothing for it (and ``standby`` is not set), it
+    serves fresh sockets.
 
     Raises :class:`Aborted` when an incoming handoff failed, and
     :class:`StandbyTimeout` when a standby wait that ``standby`` asked for
