@@ -34,14 +34,7 @@ func TestAgentRestarts(t *testing.T) {
 	}
 	var rejoined []time.Duration
 	for round := 1; round <= restarts; round++ {
-		if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if err := agent.wait(childTimeout); !killedBySIGKILL(err) {
-			t.Fatalf("agent ended with %v, want SIGKILL", err)
-		}
-		agent = startChild(t, "agent", "HANDOFF_SOCKET="+sock)
-		agent.line("READY", childTimeout)
+		agent = restartAgent(t, agent, sock)
 		up := time.Now()
 		ac, err := admin.Dial(sock)
 		if err != nil {
@@ -110,14 +103,7 @@ func TestStandbyRejoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	ac.Close()
-	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.wait(childTimeout); !killedBySIGKILL(err) {
-		t.Fatalf("agent ended with %v, want SIGKILL", err)
-	}
-	agent = startChild(t, "agent", "HANDOFF_SOCKET="+sock)
-	agent.line("READY", childTimeout)
+	agent = restartAgent(t, agent, sock)
 	up := time.Now()
 	ac, err = admin.Dial(sock)
 	if err != nil {
@@ -148,4 +134,19 @@ func TestStandbyRejoins(t *testing.T) {
 	if st := l.long.Stop(); len(st.Failures()) > 0 || st.Alive != st.Streams {
 		t.Fatalf("streams: %s\n%s", st, strings.Join(st.Failures(), "\n"))
 	}
+}
+
+// restartAgent kills the agent child with SIGKILL and starts a new one on
+// sock, once it listens.
+func restartAgent(t *testing.T, agent *child, sock string) *child {
+	t.Helper()
+	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.wait(childTimeout); !killedBySIGKILL(err) {
+		t.Fatalf("agent ended with %v, want SIGKILL", err)
+	}
+	agent = startChild(t, "agent", "HANDOFF_SOCKET="+sock)
+	agent.line("READY", childTimeout)
+	return agent
 }

@@ -100,6 +100,24 @@ def begin(c: wire.Conn, txid: int = 7) -> socket.socket:
     return a
 
 
+def send_listener_and_conn(c: wire.Conn, srv: socket.socket, peers: list[socket.socket]) -> None:
+    """Sends transaction 7's one batch, as the agent relays it (a fresh
+    listener and a connection to srv, whose client end joins peers), and
+    its End; closes this side's copies."""
+    cl = socket.create_connection(srv.getsockname())
+    peers.append(cl)
+    s, _ = srv.accept()
+    ln = socket.socket()
+    ln.bind(("127.0.0.1", 0))
+    ln.listen()
+    es = [wire.Entry(wire.KIND_LISTENER, "tcp|x"), wire.Entry(wire.KIND_CONN, "tcp", b"st")]
+    body, _, _ = wire.marshal_batch(es)
+    c.send(wire.BATCH, body, [ln.fileno(), s.fileno()], txid=7)
+    ln.close()
+    s.close()
+    c.send(wire.END, wire.Summary(listeners=1, conns=1, batches=1).marshal(), txid=7)
+
+
 def raw(c: wire.Conn, data: bytes, fds: list[int]) -> None:
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
     c.sock.sendmsg([data], anc)
@@ -234,18 +252,7 @@ class Target(unittest.TestCase):
 
         def script(c: wire.Conn) -> None:
             end = begin(c)
-            cl = socket.create_connection(srv.getsockname())
-            peers.append(cl)
-            s, _ = srv.accept()
-            ln = socket.socket()
-            ln.bind(("127.0.0.1", 0))
-            ln.listen()
-            es = [wire.Entry(wire.KIND_LISTENER, "tcp|x"), wire.Entry(wire.KIND_CONN, "tcp", b"st")]
-            body, flags, _ = wire.marshal_batch(es)
-            c.send(wire.BATCH, body, [ln.fileno(), s.fileno()], txid=7)
-            ln.close()
-            s.close()
-            c.send(wire.END, wire.Summary(listeners=1, conns=1, batches=1).marshal(), txid=7)
+            send_listener_and_conn(c, srv, peers)
             pc = wire.Conn(end)
             pc.settimeout(10)
             m = pc.recv()
@@ -479,18 +486,7 @@ class StandbyRejoin(unittest.TestCase):
             c2, h = agent.accept()
             hellos.append(h)
             end = begin(c2)
-            cl = socket.create_connection(srv.getsockname())
-            peers.append(cl)
-            s, _ = srv.accept()
-            ln = socket.socket()
-            ln.bind(("127.0.0.1", 0))
-            ln.listen()
-            es = [wire.Entry(wire.KIND_LISTENER, "tcp|x"), wire.Entry(wire.KIND_CONN, "tcp", b"st")]
-            body, _, _ = wire.marshal_batch(es)
-            c2.send(wire.BATCH, body, [ln.fileno(), s.fileno()], txid=7)
-            ln.close()
-            s.close()
-            c2.send(wire.END, wire.Summary(listeners=1, conns=1, batches=1).marshal(), txid=7)
+            send_listener_and_conn(c2, srv, peers)
             pc = wire.Conn(end)
             pc.settimeout(10)
             m = pc.recv()
