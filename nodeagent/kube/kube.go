@@ -135,9 +135,7 @@ func notStarted(reason string) bool {
 
 // handingOver handles a transfer the agent would not start because it
 // hands over to its successor: the successor starts it. The Migration
-// says so (over a Preparing this agent may have written: nothing was
-// moved, and the successor must not take it for a transfer cut short)
-// and is looked at again; by then the successor owns it.
+// says so, and is looked at again; by then the successor owns it.
 func (r *Reconciler) handingOver(ctx context.Context, mig *v1alpha1.Migration) (time.Duration, error) {
 	return r.poll(), r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonWaitingForAgentHandover,
 		fmt.Sprintf("the node agent on %s is handing over to its successor (an upgrade of the agent), which will start the transfer; nothing was moved", r.Node))
@@ -262,40 +260,24 @@ func (r *Reconciler) run(ctx context.Context, mig *v1alpha1.Migration, deadline 
 
 // transfer performs the Migration between the processes found.
 func (r *Reconciler) transfer(ctx context.Context, mig *v1alpha1.Migration, src, dst *endpoint, deadline time.Time) (again time.Duration, err error) {
-	logger := log.FromContext(ctx)
 	if mig.Spec.Target.Image != "" {
 		return r.restartInPlace(ctx, mig, src, deadline)
 	}
 	mig.Status.SourceContainerID, mig.Status.TargetContainerID = src.statusID, dst.statusID
-	if r.Agent.HandingOver() {
-		return r.handingOver(ctx, mig)
-	}
-	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
-		fmt.Sprintf("asking pid %d (%v) to freeze and export to pid %d (%v)", src.session.PID, src, dst.session.PID, dst)); err != nil {
-		return 0, err
-	}
-
-	// Progress arrives on the transaction's goroutine, in the middle of
-	// the pause: hand it to a reporter rather than call the API there.
-	progress := make(chan string, 1)
-	reported := make(chan struct{})
-	go func() {
-		defer close(reported)
-		for msg := range progress {
-			if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonTransferring, msg); err != nil {
-				logger.Error(err, "report progress")
-			}
-		}
-	}()
-	sent := false
+	// Preparing is reported once the agent started the transaction (a
+	// handover then waits for it), not before: an agent that refuses it
+	// while it hands over must not leave a Preparing for its successor
+	// to take for a transfer cut short.
+	rep := r.startReporter(ctx, mig)
 	res, err := r.Agent.Migrate(src.session.ID, dst.session.ID, moveMask(&mig.Spec), time.Until(deadline), func(phase, msg string) {
-		if phase == "Transferring" && !sent {
-			sent = true
-			progress <- msg
+		switch phase {
+		case "Preparing":
+			rep.send(v1alpha1.ReasonPreparing, fmt.Sprintf("asking pid %d (%v) to freeze and export to pid %d (%v)", src.session.PID, src, dst.session.PID, dst))
+		case "Transferring":
+			rep.send(v1alpha1.ReasonTransferring, msg)
 		}
 	})
-	close(progress)
-	<-reported
+	rep.stop()
 	if errors.Is(err, nodeagent.ErrHandingOver) {
 		return r.handingOver(ctx, mig)
 	}
@@ -327,13 +309,6 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 		return 0, err
 	}
 	r.awaitKubeletQuiet(ctx, src, deadline)
-	if r.Agent.HandingOver() {
-		return r.handingOver(ctx, mig)
-	}
-	if err := r.report(ctx, mig, metav1.ConditionUnknown, v1alpha1.ReasonPreparing,
-		fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src)); err != nil {
-		return 0, err
-	}
 	var at steps // the pause's steps, for the breakdown in the final report
 	// patchErr is what the patch last returned; when it is an error, the
 	// store aborted for it.
@@ -343,28 +318,31 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	// same name). Status writes change it too, readiness probes among
 	// them, so a conflict is read again and retried while the container
 	// that exported is still the one running.
+	// The patch runs on the store's goroutine while a reporter may write
+	// mig: it reads only these.
+	ns, image := mig.Namespace, mig.Spec.Target.Image
 	patch := func() error {
 		at.exported = time.Now()
 		patchErr = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			pod := &corev1.Pod{}
-			if err := r.reader().Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: src.pod}, pod); err != nil {
-				return fmt.Errorf("get pod %s/%s: %w", mig.Namespace, src.pod, err)
+			if err := r.reader().Get(ctx, types.NamespacedName{Namespace: ns, Name: src.pod}, pod); err != nil {
+				return fmt.Errorf("get pod %s/%s: %w", ns, src.pod, err)
 			}
 			if pod.UID != src.podUID {
-				return fmt.Errorf("pod %s/%s was replaced (uid %s, was %s)", mig.Namespace, src.pod, pod.UID, src.podUID)
+				return fmt.Errorf("pod %s/%s was replaced (uid %s, was %s)", ns, src.pod, pod.UID, src.podUID)
 			}
 			if id := runningContainerID(pod, src.container); id != src.statusID {
-				return fmt.Errorf("container %s of pod %s/%s is now %q, not the %q that exported", src.container, mig.Namespace, src.pod, id, src.statusID)
+				return fmt.Errorf("container %s of pod %s/%s is now %q, not the %q that exported", src.container, ns, src.pod, id, src.statusID)
 			}
 			orig := pod.DeepCopy()
 			for i := range pod.Spec.Containers {
 				if pod.Spec.Containers[i].Name == src.container {
-					pod.Spec.Containers[i].Image = mig.Spec.Target.Image
+					pod.Spec.Containers[i].Image = image
 				}
 			}
 			tracked := orig.Status.ObservedGeneration > 0
 			if err := r.Client.Patch(ctx, pod, client.StrategicMergeFrom(orig, client.MergeFromWithOptimisticLock{}), client.FieldOwner(v1alpha1.AgentFieldManager)); err != nil {
-				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, mig.Namespace, src.pod, mig.Spec.Target.Image, err)
+				return fmt.Errorf("set the image of container %s of pod %s/%s to %s: %w", src.container, ns, src.pod, image, err)
 			}
 			at.patched = time.Now()
 			r.backoff.started(key, src.lastExit, at.patched)
@@ -379,8 +357,14 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	outcome := make(chan admin.Result, 1)
 	start := time.Now()
 	hold := max(time.Until(deadline), nodeagent.DefaultStoreHold)
-	res, err := r.Agent.StoreFromWith(src.session.ID, moveMask(&mig.Spec), time.Until(deadline), hold, nil,
-		nodeagent.StoreOptions{BeforeReady: patch, Delivered: func(res admin.Result) { outcome <- res }})
+	// Preparing once the store started (see transfer).
+	rep := r.startReporter(ctx, mig)
+	res, err := r.Agent.StoreFromWith(src.session.ID, moveMask(&mig.Spec), time.Until(deadline), hold, func(phase, _ string) {
+		if phase == "Preparing" {
+			rep.send(v1alpha1.ReasonPreparing, fmt.Sprintf("asking pid %d (%v) to freeze and export into the node agent's store", src.session.PID, src))
+		}
+	}, nodeagent.StoreOptions{BeforeReady: patch, Delivered: func(res admin.Result) { outcome <- res }})
+	rep.stop()
 	if errors.Is(err, nodeagent.ErrHandingOver) {
 		return r.handingOver(ctx, mig)
 	}
@@ -429,6 +413,47 @@ func (r *Reconciler) restartInPlace(ctx context.Context, mig *v1alpha1.Migration
 	return 0, r.report(ctx, mig, metav1.ConditionTrue, v1alpha1.ReasonTransferred,
 		fmt.Sprintf("container %s restarted with image %s and took over %d listeners, %d connections and %d packet sockets; pause %v (the restart included: %s)",
 			src.container, mig.Spec.Target.Image, got.Listeners, got.Connections, got.Packets, mig.Status.Pause.Duration, at.breakdown(start)))
+}
+
+// reporter writes a transaction's progress to the Migration on a
+// goroutine of its own: progress arrives on the transaction's goroutine,
+// some of it in the middle of the pause, where no API call may wait. Each
+// reason is written at most once, and send never blocks.
+type reporter struct {
+	ch   chan [2]string
+	done chan struct{}
+	sent map[string]bool // touched by send only, on the transaction's goroutine
+}
+
+// reporterReasons is how many reasons a reporter writes at most.
+const reporterReasons = 2
+
+func (r *Reconciler) startReporter(ctx context.Context, mig *v1alpha1.Migration) *reporter {
+	p := &reporter{ch: make(chan [2]string, reporterReasons), done: make(chan struct{}), sent: map[string]bool{}}
+	go func() {
+		defer close(p.done)
+		for m := range p.ch {
+			if err := r.report(ctx, mig, metav1.ConditionUnknown, m[0], m[1]); err != nil {
+				log.FromContext(ctx).Error(err, "report progress", "reason", m[0])
+			}
+		}
+	}()
+	return p
+}
+
+func (p *reporter) send(reason, msg string) {
+	if p.sent[reason] || len(p.sent) == reporterReasons {
+		return
+	}
+	p.sent[reason] = true
+	p.ch <- [2]string{reason, msg}
+}
+
+// stop waits until everything sent is written: reports after it come
+// later.
+func (p *reporter) stop() {
+	close(p.ch)
+	<-p.done
 }
 
 // steps are when an in-place restart passed each of its steps.
