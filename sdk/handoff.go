@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -236,14 +235,14 @@ const pendingWait = 30 * time.Second
 
 // rejoinWaiting joins the agent again, with the Hello flags of the first
 // join, after the session was lost while the process waited for a
-// handoff: with backoff (as rejoin), until the wait ends (an error
+// handoff: with rejoin's backoff, until the wait ends (an error
 // wrapping ErrStandbyTimeout) or ctx does.
 func (p *Process) rejoinWaiting(ctx context.Context, flags uint8, until time.Time) (wire.Welcome, error) {
 	p.agent.Close()
-	delay := rejoinFirst
+	var b backoff
 	lost := time.Now()
 	for attempt := 1; ; attempt++ {
-		wait := time.Duration(float64(delay) * (0.5 + rand.Float64()))
+		wait := b.next()
 		if left := time.Until(until); wait > left {
 			return wire.Welcome{}, fmt.Errorf("%w: the agent was lost %v before the wait ended, and could not be joined again", ErrStandbyTimeout, time.Since(lost).Round(time.Millisecond))
 		}
@@ -252,7 +251,6 @@ func (p *Process) rejoinWaiting(ctx context.Context, flags uint8, until time.Tim
 			return wire.Welcome{}, fmt.Errorf("standby: %w", ctx.Err())
 		case <-time.After(wait):
 		}
-		delay = min(2*delay, rejoinMax)
 		w, err := p.hello(flags)
 		if err != nil {
 			if attempt == 1 || attempt%10 == 0 {

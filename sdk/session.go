@@ -95,21 +95,33 @@ func (p *Process) lostAgent(err error) {
 	}
 }
 
+// backoff is the rejoin schedule: rejoinFirst, then twice as long each
+// time up to rejoinMax, every wait jittered by ±50%.
+type backoff struct{ delay time.Duration }
+
+// next is the wait before the next attempt.
+func (b *backoff) next() time.Duration {
+	if b.delay == 0 {
+		b.delay = rejoinFirst
+	}
+	wait := time.Duration(float64(b.delay) * (0.5 + rand.Float64()))
+	b.delay = min(2*b.delay, rejoinMax)
+	return wait
+}
+
 // rejoin joins the agent again under the same name, with backoff, once
 // the migration that was running (if any) has ended. It returns the new
 // session, or nil when there is nothing more to do: the application
 // closed its Process, or its sockets moved away.
 func (p *Process) rejoin() *wire.Conn {
-	delay := rejoinFirst
+	var b backoff
 	lost := time.Now()
 	for attempt := 1; ; attempt++ {
-		wait := time.Duration(float64(delay) * (0.5 + rand.Float64()))
 		select {
 		case <-p.stop:
 			return nil
-		case <-time.After(wait):
+		case <-time.After(b.next()):
 		}
-		delay = min(2*delay, rejoinMax)
 		p.mu.Lock()
 		moved, busy := p.moved, p.export != nil
 		p.mu.Unlock()

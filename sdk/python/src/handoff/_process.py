@@ -39,6 +39,16 @@ REJOIN_FIRST = 0.1
 REJOIN_MAX = 5.0
 """Most seconds between two attempts to join a lost agent again."""
 
+
+def _backoff() -> Iterator[float]:
+    """The rejoin schedule: REJOIN_FIRST, then twice as long each time up
+    to REJOIN_MAX, every wait jittered by ±50%."""
+    delay = REJOIN_FIRST
+    while True:
+        yield delay * (0.5 + random.random())
+        delay = min(2 * delay, REJOIN_MAX)
+
+
 PENDING_WAIT = 30.0
 """Seconds a process told of stored descriptors (WelcomePending) waits for Begin."""
 
@@ -514,17 +524,16 @@ class Process:
         the backoff of :meth:`_rejoin`, until the wait ends at ``until``
         (``time.monotonic()``), when it raises :class:`StandbyTimeout`."""
         self._close_agent()
-        delay = REJOIN_FIRST
+        waits = _backoff()
         lost = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            wait = delay * (0.5 + random.random())
+            wait = next(waits)
             if wait > until - time.monotonic():
                 raise StandbyTimeout(f"the agent was lost {time.monotonic() - lost:.3f}s before the wait ended, "
                                      "and could not be joined again")
             time.sleep(wait)  # the backoff: close() cannot be called before join returns
-            delay = min(2 * delay, REJOIN_MAX)
             try:
                 w = self._hello(flags)
             except (OSError, HandoffError) as e:
@@ -809,14 +818,13 @@ class Process:
         doubling to 5 s, each wait jittered by half), once the migration
         that was running has ended. None when there is nothing more to do:
         close() was called or the sockets moved away."""
-        delay = REJOIN_FIRST
+        waits = _backoff()
         lost = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            if self._stop.wait(delay * (0.5 + random.random())):
+            if self._stop.wait(next(waits)):
                 return None
-            delay = min(2 * delay, REJOIN_MAX)
             with self._lock:
                 moved, busy = self._moved, self._export is not None
             if moved:
